@@ -1,0 +1,237 @@
+"""Typed, frozen configuration for adapters and tasks.
+
+Every option is documented once, here. Configs are validated in ``__post_init__`` so a bad value
+fails when the config is built, with a message that names the value and lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+Kind = Literal["pal", "low_rank", "pal_ffn", "lhuc"]
+Placement = Literal["parallel", "serial"]
+LayerSpec = Literal["all", "top_half", "bottom_half"]
+Activation = Literal["gelu", "relu", "tanh", "identity"]
+TaskType = Literal[
+    "classification",  # single sentence or pair, CE over the pooled vector
+    "regression",  # similarity score, MSE
+    "multi_label",  # BCE over independent labels
+    "ranking",  # listwise softmax over one query's candidates
+    "token_classification",  # CE per token, -100 ignored
+    "extractive_qa",  # start/end span logits
+]
+Pooling = Literal["cls", "pooler", "mean"]
+
+# d_s relative to d_m, as in the paper: PAL 204 at 768, low-rank 100 at 768.
+PAL_SIZE_RATIO = 204 / 768
+LOW_RANK_SIZE_RATIO = 100 / 768
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise ``ValueError`` naming ``value`` and the valid ``choices`` when it is not one of them."""
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {valid}")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """How task-specific functions TS(h) = V^D g(V^E h) are built and where they go.
+
+    Attributes:
+        kind: ``"pal"`` (g = multi-head attention in d_s, V^E/V^D shared across layers),
+            ``"low_rank"`` (g = ``activation``, V^E/V^D per layer), ``"pal_ffn"`` (g = a small
+            feed-forward net in d_s, V^E/V^D shared), or ``"lhuc"`` (no TS: the layer output is
+            scaled by ``2·sigmoid(θ)``).
+        lhuc: also learn an LHUC vector per layer that scales TS(h) (the paper's "+LHUC"). Implied
+            by ``kind="lhuc"``.
+        placement: ``"parallel"`` adds TS(layer input) to the residual sum feeding the layer's
+            last normalisation (pre-LN layers: to the layer output); ``"serial"`` maps the layer
+            output ``h -> h + TS(h)``. LHUC alone scales the layer output in both placements.
+        layers: ``"all"``, ``"top_half"``, ``"bottom_half"`` or explicit depth indices.
+        hidden_size: d_s. ``None`` derives it from d_m (PAL: 0.266·d_m rounded to a multiple of
+            ``num_heads``; low-rank: 0.13·d_m).
+        num_heads: attention heads of a PAL (the reference code uses 6).
+        activation: g for ``low_rank`` and the hidden activation of ``pal_ffn``.
+        output_activation: applied after V^D. The PAL reference code applies GELU there.
+        ffn_layers: depth of the ``pal_ffn`` network (1 or 2).
+        dropout: dropout on PAL attention probabilities / inside the ``pal_ffn`` network.
+        init: ``"identity"`` zero-initialises V^D (and θ = 0) so injection changes nothing until
+            training; ``"random"`` draws V^D like V^E (useful only for tests and ablations).
+        init_std: standard deviation of the normal init of the non-zero weights.
+    """
+
+    kind: Kind = "pal"
+    lhuc: bool = False
+    placement: Placement = "parallel"
+    layers: LayerSpec | tuple[int, ...] = "all"
+    hidden_size: int | None = None
+    num_heads: int = 6
+    activation: Activation = "gelu"
+    output_activation: Activation = "identity"
+    ffn_layers: int = 1
+    dropout: float = 0.1
+    init: Literal["identity", "random"] = "identity"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, get_args(Kind))
+        check_choice("placement", self.placement, get_args(Placement))
+        check_choice("activation", self.activation, get_args(Activation))
+        check_choice("output_activation", self.output_activation, get_args(Activation))
+        check_choice("init", self.init, ("identity", "random"))
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if isinstance(self.layers, str):
+            check_choice("layers", self.layers, get_args(LayerSpec))
+        elif not self.layers or not all(isinstance(i, int) for i in self.layers):
+            raise ValueError(f"layers={self.layers!r} must be 'all', 'top_half', 'bottom_half' or a non-empty "
+                             "list of layer indices")
+        if self.hidden_size is not None and self.hidden_size < 1:
+            raise ValueError(f"hidden_size={self.hidden_size} must be a positive integer or None")
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads={self.num_heads} must be >= 1")
+        if self.kind == "pal" and self.hidden_size is not None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
+                             f"a PAL splits d_s into equal heads")
+        if self.ffn_layers not in (1, 2):
+            raise ValueError(f"ffn_layers={self.ffn_layers} must be 1 or 2")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def has_ts(self) -> bool:
+        """Whether a task-specific function TS(h) is built (everything but LHUC alone)."""
+        return self.kind != "lhuc"
+
+    @property
+    def uses_lhuc(self) -> bool:
+        return self.kind == "lhuc" or self.lhuc
+
+    def resolved_hidden_size(self, d_model: int) -> int:
+        """d_s for a backbone of width ``d_model``."""
+        if self.hidden_size is not None:
+            return self.hidden_size
+        if self.kind == "low_rank":
+            return max(1, round(LOW_RANK_SIZE_RATIO * d_model))
+        heads = self.num_heads if self.kind == "pal" else 1
+        return max(heads, round(PAL_SIZE_RATIO * d_model / heads) * heads)
+
+    def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The adapted depths for a backbone of ``num_layers`` layers, sorted."""
+        if self.layers == "all":
+            return tuple(range(num_layers))
+        if self.layers == "top_half":
+            return tuple(range(num_layers // 2, num_layers))
+        if self.layers == "bottom_half":
+            return tuple(range(num_layers // 2))
+        bad = [i for i in self.layers if not -num_layers <= i < num_layers]
+        if bad:
+            raise ValueError(f"layers={list(self.layers)} has indices {bad} out of range for a model with "
+                             f"{num_layers} layers (valid: 0..{num_layers - 1}, or negative from the top)")
+        return tuple(sorted({i % num_layers for i in self.layers}))
+
+    def replace(self, **changes: Any) -> AdapterConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if isinstance(d["layers"], tuple):
+            d["layers"] = list(d["layers"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AdapterConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown adapter config fields {unknown}; valid fields: {sorted(known)}")
+        return cls(**d)
+
+
+# Named presets. "pal" is the reference-code PAL (GELU after V^D, 6 heads, d_s = 0.266·d_m).
+PRESETS: dict[str, AdapterConfig] = {
+    "pal": AdapterConfig(kind="pal", output_activation="gelu"),
+    "pal_top_half": AdapterConfig(kind="pal", output_activation="gelu", layers="top_half"),
+    "pal_lhuc": AdapterConfig(kind="pal", output_activation="gelu", lhuc=True),
+    "pal_ffn": AdapterConfig(kind="pal_ffn"),
+    "low_rank": AdapterConfig(kind="low_rank", activation="gelu"),
+    "low_rank_lhuc": AdapterConfig(kind="low_rank", activation="gelu", lhuc=True),
+    "lhuc": AdapterConfig(kind="lhuc"),
+    "serial_adapter": AdapterConfig(kind="low_rank", activation="gelu", placement="serial"),
+}
+
+
+def resolve_adapter_config(adapter: AdapterConfig | str | dict[str, Any] | None) -> AdapterConfig:
+    """Accept a config, a preset name, a dict of fields, or ``None`` (the ``"pal"`` preset)."""
+    if adapter is None:
+        return PRESETS["pal"]
+    if isinstance(adapter, AdapterConfig):
+        return adapter
+    if isinstance(adapter, str):
+        check_choice("adapter preset", adapter, tuple(PRESETS))
+        return PRESETS[adapter]
+    if isinstance(adapter, dict):
+        return AdapterConfig.from_dict(adapter)
+    raise TypeError(f"adapter={adapter!r}: expected an AdapterConfig, a preset name {sorted(PRESETS)} or a dict")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One task of a multi-task model: its head, and optionally its own adapter.
+
+    Attributes:
+        type: the head (see ``TaskType``).
+        num_labels: classes (classification, token classification, multi-label; default 2);
+            fixed at 1 for regression and ranking and 2 for extractive QA (start/end), which is
+            what ``None`` resolves to.
+        adapter: this task's adapter config; ``None`` uses the model-level one.
+        dropout: dropout before the head (MT-DNN uses per-task dropout).
+        pooling: ``"cls"`` first token, ``"pooler"`` the backbone's pooler if it has one, ``"mean"``
+            masked mean over tokens. Ignored by token-level heads.
+        labels: optional class names, index = class id.
+    """
+
+    type: TaskType = "classification"
+    num_labels: int | None = None
+    adapter: AdapterConfig | None = None
+    dropout: float = 0.1
+    pooling: Pooling = "cls"
+    labels: tuple[str, ...] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        check_choice("type", self.type, get_args(TaskType))
+        check_choice("pooling", self.pooling, get_args(Pooling))
+        if isinstance(self.labels, list):
+            object.__setattr__(self, "labels", tuple(self.labels))
+        if isinstance(self.adapter, (str, dict)):
+            object.__setattr__(self, "adapter", resolve_adapter_config(self.adapter))
+        fixed = {"regression": 1, "ranking": 1, "extractive_qa": 2}
+        if self.num_labels is None:
+            object.__setattr__(self, "num_labels", fixed.get(self.type, 2))
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels={self.num_labels} must be >= 1")
+        if self.type in fixed and self.num_labels != fixed[self.type]:
+            raise ValueError(f"num_labels={self.num_labels} does not fit type={self.type!r}, "
+                             f"which needs num_labels={fixed[self.type]}")
+        if self.labels is not None and len(self.labels) != self.num_labels and self.type != "regression":
+            raise ValueError(f"labels={list(self.labels)} has {len(self.labels)} names but "
+                             f"num_labels={self.num_labels}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["adapter"] = self.adapter.to_dict() if self.adapter else None
+        d["labels"] = list(self.labels) if self.labels else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown task config fields {unknown}; valid fields: {sorted(known)}")
+        return cls(**d)

@@ -1,0 +1,68 @@
+"""Tiny random encoders of every supported family (hidden 32, 2 layers, 4 heads, intermediate 37)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 128
+ARCHS = ["bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert", "albert", "modernbert", "mpnet"]
+GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+
+
+def tiny_config(arch: str, **overrides):
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=VOCAB,
+              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if arch == "distilbert":
+        kw = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=37, vocab_size=VOCAB, dropout=0.0, attention_dropout=0.0)
+    elif arch == "albert":
+        kw.update(embedding_size=16)
+    elif arch == "modernbert":
+        kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=VOCAB,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                  global_attn_every_n_layers=2, local_attention=4)
+    elif arch == "deberta-v2":
+        kw.update(relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8, max_relative_positions=16)
+    kw.update(overrides)
+    return AutoConfig.for_model(arch, **kw)
+
+
+def tiny_model(arch: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return AutoModel.from_config(tiny_config(arch, **overrides)).eval()
+
+
+def tiny_batch(batch: int = 3, length: int = 9, seed: int = 1, pad_rows: tuple[int, ...] = (1,)):
+    """Token ids in [3, VOCAB) and a padding mask where ``pad_rows`` end with padding."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, length), generator=g)
+    ids[:, 0] = 1  # a CLS-like first token
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for r in pad_rows:
+        if r < batch:
+            mask[r, length - 3:] = 0
+            ids[r, length - 3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def hidden(model, batch) -> torch.Tensor:
+    return model(**batch).last_hidden_state
+
+
+def randomize_adapters(model, std: float = 0.3, seed: int = 2) -> None:
+    """Give every adapter parameter non-trivial values (so nothing passes by being identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "pal_adapters." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE data not found at {GLUE_DIR}")

@@ -1,0 +1,109 @@
+"""Injection into every supported encoder family: identity at init, effect, gradients, masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import ARCHS, hidden, randomize_adapters, tiny_batch, tiny_model
+
+from pal_adapters import AdapterConfig, freeze_backbone, inject_adapters, remove_adapters
+
+METHODS = {
+    "pal": dict(kind="pal", output_activation="gelu"),
+    "low_rank": dict(kind="low_rank"),
+    "pal_ffn": dict(kind="pal_ffn", ffn_layers=2),
+    "lhuc": dict(kind="lhuc"),
+    "pal+lhuc": dict(kind="pal", lhuc=True, output_activation="gelu"),
+}
+PLACEMENTS = ["parallel", "serial"]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch_model(request):
+    return request.param, tiny_model(request.param)
+
+
+def config_for(method: str, placement: str, layers="all", **kw) -> AdapterConfig:
+    return AdapterConfig(placement=placement, layers=layers, num_heads=2, hidden_size=8, dropout=0.0,
+                         **METHODS[method], **kw)
+
+
+@pytest.mark.parametrize("layers", ["all", "top_half"])
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_adapters_are_identity_at_init(arch_model, method, placement, layers):
+    _, model = arch_model
+    batch = tiny_batch()
+    before = hidden(model, batch)
+    inject_adapters(model, config_for(method, placement, layers), tasks=["t"])
+    try:
+        after = hidden(model, batch)
+    finally:
+        remove_adapters(model)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_nonzero_adapters_change_outputs_and_removal_restores(arch_model, method, placement):
+    _, model = arch_model
+    batch = tiny_batch()
+    before = hidden(model, batch)
+    inject_adapters(model, config_for(method, placement), tasks=["t"])
+    randomize_adapters(model)
+    changed = hidden(model, batch)
+    remove_adapters(model)
+    assert (changed - before).abs().max() > 1e-3
+    torch.testing.assert_close(hidden(model, batch), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_gradients_reach_adapters_and_nothing_else_when_frozen(arch_model, method):
+    _, model = arch_model
+    bank = inject_adapters(model, config_for(method, "parallel"), tasks=["t"])
+    try:
+        randomize_adapters(model)
+        freeze_backbone(model)
+        model.zero_grad(set_to_none=True)
+        hidden(model, tiny_batch()).pow(2).sum().backward()
+        for name, p in model.named_parameters():
+            if "pal_adapters." in name:
+                assert p.grad is not None and p.grad.abs().sum() > 0, name
+            else:
+                assert p.grad is None, name
+        assert all(p.requires_grad for p in bank.parameters())
+    finally:
+        freeze_backbone(model, frozen=False)
+        model.zero_grad(set_to_none=True)
+        remove_adapters(model)
+
+
+@pytest.mark.parametrize("method", ["pal", "pal+lhuc", "low_rank"])
+def test_padding_does_not_change_real_tokens(arch_model, method):
+    _, model = arch_model
+    inject_adapters(model, config_for(method, "parallel"), tasks=["t"])
+    try:
+        randomize_adapters(model)
+        short = tiny_batch(batch=2, length=6, pad_rows=())
+        padded = {k: torch.cat([v, torch.zeros(2, 4, dtype=v.dtype)], dim=1) for k, v in short.items()}
+        padded["input_ids"][:, 6:] = 0
+        torch.testing.assert_close(hidden(model, padded)[:, :6], hidden(model, short), rtol=1e-4, atol=1e-5)
+    finally:
+        remove_adapters(model)
+
+
+def test_tasks_route_to_their_own_adapters(arch_model):
+    _, model = arch_model
+    bank = inject_adapters(model, config_for("pal", "parallel"), tasks=["a", "b"])
+    try:
+        randomize_adapters(model)
+        batch = tiny_batch()
+        out_a = hidden(model, batch)
+        with bank.use_task("b"):
+            out_b = hidden(model, batch)
+        with bank.use_task(None):
+            bare = hidden(model, batch)
+        assert bank.router.active == "a"
+        assert (out_a - out_b).abs().max() > 1e-3 and (out_a - bare).abs().max() > 1e-3
+    finally:
+        remove_adapters(model)
