@@ -1,0 +1,1 @@
+"""Training utilities: task sampling, loss weighting and distillation, metrics."""
