@@ -192,6 +192,7 @@ class TaskConfig:
         pooling: ``"cls"`` first token, ``"pooler"`` the backbone's pooler if it has one, ``"mean"``
             masked mean over tokens. Ignored by token-level heads.
         labels: optional class names, index = class id.
+        num_candidates: ranking only: how many consecutive rows (candidates) belong to one query.
     """
 
     type: TaskType = "classification"
@@ -200,6 +201,7 @@ class TaskConfig:
     dropout: float = 0.1
     pooling: Pooling = "cls"
     labels: tuple[str, ...] | None = field(default=None)
+    num_candidates: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("type", self.type, get_args(TaskType))
@@ -221,6 +223,11 @@ class TaskConfig:
                              f"num_labels={self.num_labels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if (self.type == "ranking") != (self.num_candidates is not None):
+            raise ValueError(f"num_candidates={self.num_candidates!r}: a ranking task needs num_candidates >= 2 "
+                             f"and other task types take none (type={self.type!r})")
+        if self.num_candidates is not None and self.num_candidates < 2:
+            raise ValueError(f"num_candidates={self.num_candidates} must be >= 2")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
