@@ -3,6 +3,7 @@
 from .config import PRESETS, AdapterConfig, TaskConfig, resolve_adapter_config
 from .inject import AdapterBank, get_bank, inject_adapters, remove_adapters
 from .layouts import LAYOUTS, Layout
+from .model import MultiTaskModel, MultiTaskOutput, add_pal
 from .params import ParameterReport, freeze_backbone, parameter_report
 
 __all__ = [
@@ -11,8 +12,11 @@ __all__ = [
     "AdapterBank",
     "AdapterConfig",
     "Layout",
+    "MultiTaskModel",
+    "MultiTaskOutput",
     "ParameterReport",
     "TaskConfig",
+    "add_pal",
     "freeze_backbone",
     "get_bank",
     "inject_adapters",

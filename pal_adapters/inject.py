@@ -104,6 +104,8 @@ class AdapterBank(nn.ModuleDict):
         keep = self.router.keep
         if len(segments) == 1 and segments[0].stop == -1:
             return self._apply_task(segments[0].task, stage, x, h_in, depth, keep)
+        if not any(depth in self[seg.task].depths for seg in segments):
+            return x  # e.g. below the replication point of predict_all
         self.router.check_batch(x.shape[0])
         parts = []
         for seg in segments:
