@@ -127,6 +127,30 @@ def load_task(model: MultiTaskModel, path: str | Path, name: str | None = None, 
     return name
 
 
+def _read_model(directory: Path) -> tuple[dict[str, Any], dict[str, tuple], dict[str, Any] | None]:
+    """Everything a saved model holds, read and hash-checked: config, tasks, backbone tensors."""
+    meta = read_json(directory / CONFIG_FILE)
+    tasks = {n: _read_task(directory / "tasks" / n) for n in meta["task_order"]}
+    backbone_tensors = None
+    if meta["backbone_tuned"]:
+        backbone_tensors = read_tensors(directory / BACKBONE_FILE, meta["sha256"].get(BACKBONE_FILE))
+    return meta, tasks, backbone_tensors
+
+
+def _check_and_copy(model: MultiTaskModel, directory: Path, tasks: dict[str, tuple],
+                    backbone_tensors: dict[str, Any] | None) -> None:
+    """Check every tensor file against ``model``, then copy them all (nothing before all pass)."""
+    for name, (_, tensors) in tasks.items():
+        check_state(directory / "tasks" / name / TASK_TENSORS, task_state(model, name), tensors)
+    if backbone_tensors is not None:
+        check_state(directory / BACKBONE_FILE, backbone_state(model.backbone), backbone_tensors)
+    if backbone_tensors is not None:
+        copy_into(model.backbone, backbone_tensors)
+    for name, (_, tensors) in tasks.items():
+        copy_into(model.bank[name], {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
+        copy_into(model.heads[name], {k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+
+
 def from_pretrained(directory: str | Path, backbone: nn.Module | None = None,
                     check_weights: bool = True) -> MultiTaskModel:
     """Rebuild a saved model on ``backbone`` (the base model it was made from).
@@ -137,11 +161,7 @@ def from_pretrained(directory: str | Path, backbone: nn.Module | None = None,
     from .model import MultiTaskModel
 
     directory = Path(directory)
-    meta = read_json(directory / CONFIG_FILE)
-    tasks = {n: _read_task(directory / "tasks" / n) for n in meta["task_order"]}
-    backbone_tensors = None
-    if meta["backbone_tuned"]:
-        backbone_tensors = read_tensors(directory / BACKBONE_FILE, meta["sha256"].get(BACKBONE_FILE))
+    meta, tasks, backbone_tensors = _read_model(directory)
     if backbone is None:
         backbone = _load_base(meta["base"], directory)
     model = MultiTaskModel(backbone, {}, adapter=AdapterConfig.from_dict(meta["adapter"]),
@@ -150,20 +170,22 @@ def from_pretrained(directory: str | Path, backbone: nn.Module | None = None,
         check_fingerprint(meta["base"], model.base_fingerprint, directory / CONFIG_FILE, check_weights)
         for name in tasks:
             model.add_task(name, _saved_task(meta, name, directory / CONFIG_FILE))
-        for name, (_, tensors) in tasks.items():
-            check_state(directory / "tasks" / name / TASK_TENSORS, task_state(model, name), tensors)
-        if backbone_tensors is not None:
-            check_state(directory / BACKBONE_FILE, backbone_state(model.backbone), backbone_tensors)
+        _check_and_copy(model, directory, tasks, backbone_tensors)
     except AdapterLoadError:
         remove_adapters(model.backbone)  # leave the caller's backbone as it was given
         raise
     model.base_fingerprint = meta["base"]
-    if backbone_tensors is not None:
-        copy_into(model.backbone, backbone_tensors)
-    for name, (_, tensors) in tasks.items():
-        copy_into(model.bank[name], {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
-        copy_into(model.heads[name], {k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
     return model
+
+
+def load_weights(model: MultiTaskModel, directory: str | Path) -> None:
+    """Copy a saved model's weights into ``model``, which must have the same tasks (resuming)."""
+    directory = Path(directory)
+    meta, tasks, backbone_tensors = _read_model(directory)
+    if list(tasks) != model.task_names:
+        raise AdapterLoadError(f"{directory / CONFIG_FILE} holds tasks {list(tasks)}, this model {model.task_names}")
+    check_fingerprint(meta["base"], model.base_fingerprint, directory / CONFIG_FILE, check_weights=True)
+    _check_and_copy(model, directory, tasks, backbone_tensors)
 
 
 def _load_base(base: dict[str, Any], where: Path) -> nn.Module:

