@@ -146,7 +146,7 @@ class MultiTaskTrainer:
                 size = len(batch["task_ids"])
                 losses = {t: self._task_loss(t, out.logits[t], batch["labels"][t], out.task_losses[t],
                                              _rows(batch, out.task_rows[t]), index[t]) for t in out.task_losses}
-                total = sum(self.weighting({t: l}) * (len(out.task_rows[t]) / size) for t, l in losses.items())
+                total = sum(self.weighting({t: v}) * (len(out.task_rows[t]) / size) for t, v in losses.items())
             else:
                 losses = {task: self._task_loss(task, out.logits, batch["labels"], out.loss, batch, index)}
                 total = self.weighting(losses)

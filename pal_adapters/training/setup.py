@@ -93,7 +93,8 @@ def build_optimizer(model: nn.Module, extra: nn.Module, config: TrainConfig) -> 
         decay = not (_no_decay(name) or name.startswith("loss_weighting."))
         groups.setdefault((own, decay), []).append(p)
     param_groups = [
-        {"params": ps, "lr": config.head_lr if own else config.lr, "weight_decay": config.weight_decay if decay else 0.0}
+        {"params": ps, "lr": config.head_lr if own else config.lr,
+         "weight_decay": config.weight_decay if decay else 0.0}
         for (own, decay), ps in sorted(groups.items())
     ]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adamax
