@@ -37,6 +37,14 @@ from .streams import TaskStream, collate, collate_mixed, mixed_counts, shard
 from .taskdefs import TaskDef
 
 
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator for this machine. Without a GPU we ask for CPU explicitly: accelerate only
+    sets up multi-process CPU training (gloo) under ``accelerate launch``/``torchrun`` when told."""
+    has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    has_gpu = has_gpu or torch.backends.mps.is_available()
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=not has_gpu)
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -52,7 +60,7 @@ class MultiTaskTrainer:
     def __init__(self, config: TrainConfig, task_defs: dict[str, TaskDef], *, backbone=None, tokenizer=None,
                  accelerator: Accelerator | None = None, cache_dir: str | None = None):
         self.config = config
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(config)
         set_seed(config.seed)
         if backbone is None:
             backbone, tokenizer = load_backbone(config.model)
@@ -143,7 +151,9 @@ class MultiTaskTrainer:
         with self.accelerator.autocast():
             out = self.model(**batch) if self.config.mixed_batches else self.model(**batch, task=task)
             if self.config.mixed_batches:
-                size = len(batch["task_ids"])
+                # A process's share of a task's rows varies, so weight by rows over the nominal local
+                # batch: averaged over processes this is the global per-example mean.
+                size = self.config.batch_size / self.accelerator.num_processes
                 losses = {t: self._task_loss(t, out.logits[t], batch["labels"][t], out.task_losses[t],
                                              _rows(batch, out.task_rows[t]), index[t]) for t in out.task_losses}
                 total = sum(self.weighting({t: v}) * (len(out.task_rows[t]) / size) for t, v in losses.items())

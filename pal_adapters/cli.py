@@ -1,0 +1,264 @@
+"""The ``pal-adapters`` command: argument parsing only; the work is done by the modules it calls.
+
+    pal-adapters train examples/glue_pal.yaml --max-steps 10 --set lr=3e-5
+    pal-adapters eval runs/glue_pal/best examples/glue_pal.yaml --json
+    pal-adapters predict runs/glue_pal/best --task sst2 "a gripping, funny film"
+    pal-adapters inspect runs/glue_pal/best
+
+Mistakes a user can fix (a missing file, a bad field, a model saved for another base) print one
+``error: ...`` line on stderr and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cli_inspect import inspect_path, render_inspection
+from .cli_predict import predict_lines, read_inputs
+from .training.config import RunFile, read_run_file
+from .training.report import format_eval_table, to_jsonable
+from .training.taskdefs import TaskDef, load_task_defs
+
+log = logging.getLogger("pal_adapters.cli")
+USER_ERRORS = (OSError, ValueError, KeyError, ImportError, yaml.YAMLError)
+
+
+# ---- shared helpers ----------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A YAML scalar or flow value; ``1e-3`` is a float too (YAML 1.1 reads it as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {item!r} must look like key=value (e.g. --set lr=3e-5)")
+    return key.strip(), parse_value(value)
+
+
+def read_run(path: str, overrides: dict[str, Any]) -> RunFile:
+    """The run file with ``overrides`` as ``training`` fields; a wrongly typed value is a user error."""
+    try:
+        return read_run_file(path, overrides)
+    except TypeError as err:
+        raise ValueError(f"{path}: a training field has the wrong type ({err})") from err
+
+
+def task_definitions(run: RunFile, data_dir: str | None) -> dict[str, TaskDef]:
+    """The run's task definitions; inline ones resolve relative data paths against the run file."""
+    if data_dir is None and isinstance(run.tasks, dict) and "data_dir" not in run.tasks:
+        data_dir = str(run.root)
+    return load_task_defs(run.tasks, data_dir=data_dir)
+
+
+def split_names(values: Sequence[str] | None) -> list[str] | None:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``; None stays None."""
+    if not values:
+        return None
+    return [name.strip() for v in values for name in v.split(",") if name.strip()]
+
+
+# ---- train -------------------------------------------------------------------------------------
+def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {"model": args.model, "output_dir": args.output_dir, "max_steps": args.max_steps,
+             "epochs": args.epochs, "batch_size": args.batch_size}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(parse_override(item) for item in args.set or ())
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.loop import MultiTaskTrainer
+
+    run = read_run(args.run_yaml, training_overrides(args))
+    defs = task_definitions(run, args.data_dir)
+    config = run.train
+    log.info("training %s on tasks %s", config.model, list(defs))
+    trainer = MultiTaskTrainer(config, defs)
+    print(f"model {config.model}, adapter {config.adapter}, {trainer.total_steps} steps, tasks {list(defs)}")
+    print(trainer.model.parameter_report(), flush=True)
+    result = trainer.fit(resume=args.resume)
+    if result.best_metrics:
+        print(f"\nbest dev metrics (step {result.best_step}, score {result.best_score:.4f}):")
+        print(format_eval_table(result.best_metrics))
+    else:
+        print("\nno dev evaluation ran (no task has a dev split)")
+    out = result.output_dir
+    print(f"\n{result.steps} steps done. outputs in {out}/: best/ (best dev score), last/, checkpoint/, "
+          "log.jsonl, curves.png")
+    return 0
+
+
+# ---- eval --------------------------------------------------------------------------------------
+def dev_only(defs: dict[str, TaskDef]) -> dict[str, TaskDef]:
+    """The tasks with a dev split, their training split dropped (nothing to read or tokenize)."""
+    return {n: dataclasses.replace(d, data=dataclasses.replace(d.data, train=None))
+            for n, d in defs.items() if d.data.dev is not None}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .training.evaluate import evaluate
+    from .training.setup import dev_loaders, prepare_data
+
+    run = read_run(args.run_yaml, {"model": args.model} if args.model else {})
+    defs = dev_only(task_definitions(run, args.data_dir))
+    wanted = split_names(args.tasks) or list(defs)
+    unknown = [t for t in wanted if t not in defs]
+    if unknown:
+        raise ValueError(f"--tasks {unknown}: not tasks with a dev set in {args.run_yaml}; choose from {list(defs)}")
+    model, tokenizer = load_saved(args.model_dir, run.train.model)
+    absent = [t for t in wanted if t not in model.tasks]
+    if absent:
+        raise ValueError(f"tasks {absent} are not in {args.model_dir} (it holds {model.task_names}); "
+                         "choose others with --tasks")
+    config = run.train.replace(batch_size=args.batch_size or run.train.batch_size,
+                               max_eval_examples=run.train.max_eval_examples if args.max_examples is None
+                               else args.max_examples)
+    data = prepare_data({t: defs[t] for t in wanted}, tokenizer, config)
+    results = evaluate(model, dev_loaders(data, tokenizer, config.batch_size),
+                       {t: data[t].definition.metrics for t in wanted})
+    print(json.dumps(to_jsonable(results), indent=2) if args.json else format_eval_table(results))
+    return 0
+
+
+def load_saved(model_dir: str, model_name: str | None):
+    """A saved multi-task model on its base encoder (``model_name``, default the one it records)."""
+    from .io import read_json
+    from .model import MultiTaskModel
+    from .saving import CONFIG_FILE
+    from .training.setup import load_backbone
+
+    if model_name is None:
+        model_name = read_json(Path(model_dir) / CONFIG_FILE)["base"].get("name_or_path")
+        if not model_name:
+            raise ValueError(f"{model_dir} records no base model name; pass --model")
+    backbone, tokenizer = load_backbone(model_name)
+    model = MultiTaskModel.from_pretrained(model_dir, backbone=backbone)
+    return model.eval(), tokenizer
+
+
+# ---- predict and inspect -----------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    rows = read_inputs(args.texts, args.input)
+    model, tokenizer = load_saved(args.model_dir, args.model)
+    for line in predict_lines(model, tokenizer, rows, split_names(args.task), args.batch_size, args.max_length):
+        print(line)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = inspect_path(args.path)
+    print(json.dumps(info, indent=2) if args.json else render_inspection(info))
+    return 0
+
+
+# ---- the parser --------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a multi-task model from a run file")
+    p.add_argument("run_yaml", help="run file: model, adapter, training: and tasks: or tasks_file:")
+    p.add_argument("--data-dir", help="base folder of the tasks' local data (overrides data_dir)")
+    p.add_argument("--model", help="encoder: a local folder, a hub name or 'minilm'")
+    p.add_argument("--output-dir")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training field, e.g. lr=3e-5")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a saved model on the run file's dev sets")
+    p.add_argument("model_dir")
+    p.add_argument("run_yaml")
+    p.add_argument("--data-dir")
+    p.add_argument("--model", help="the base encoder (default: the run file's model)")
+    p.add_argument("--tasks", action="append", help="comma-separated subset of tasks")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-examples", type=int, help="dev examples per task (default: the run's max_eval_examples)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict every (or the chosen) task for texts; one JSON line per input")
+    p.add_argument("model_dir")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="TEXT [TEXT_B] (or use --input)")
+    p.add_argument("--input", help="JSONL file with 'text' (and 'text_b') per line")
+    p.add_argument("--model", help="the base encoder (default: the one the model records)")
+    p.add_argument("--task", action="append", help="a task (repeat or comma-separate; default: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="describe a saved model folder or task folder (no model is loaded)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pal-adapters", description="Multi-task adapters for HF encoders.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (and dataset progress bars)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_predict, _add_inspect):
+        add(sub)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; predict's texts may follow its options (``predict DIR --task t "a text"``),
+    which argparse alone does not allow for a positional list after another positional."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and args.command == "predict" and not any(e.startswith("-") for e in extras):
+        args.texts = [*args.texts, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def quiet_libraries() -> None:
+    """No dataset-map or weight-loading progress bars (the training bar stays)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        quiet_libraries()
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
