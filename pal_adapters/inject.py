@@ -41,6 +41,7 @@ class AdapterBank(nn.ModuleDict):
         self.d_model = int(base.config.hidden_size)
         self._base_ref = [base]  # a list keeps the encoder out of this module's children
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.train(base.training)
 
     @property
     def num_depths(self) -> int:
@@ -61,6 +62,7 @@ class AdapterBank(nn.ModuleDict):
         ref = next((p for p in self._base_ref[0].parameters() if p.is_floating_point()), None)
         if ref is not None:
             adapter.to(device=ref.device, dtype=ref.dtype)
+        adapter.train(self._base_ref[0].training)  # an eval-mode model gets eval-mode adapters (no dropout)
         self[name] = adapter
         return adapter
 

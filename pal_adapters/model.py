@@ -96,7 +96,7 @@ class MultiTaskModel(nn.Module):
         self.bank.add_task(name, task.adapter or self.adapter_config)
         head = TaskHead(task, self.bank.d_model)
         ref = next(self.backbone.parameters())
-        self.heads[name] = head.to(device=ref.device, dtype=ref.dtype)
+        self.heads[name] = head.to(device=ref.device, dtype=ref.dtype).train(self.training)
         self.tasks[name] = task
 
     def remove_task(self, name: str) -> None:

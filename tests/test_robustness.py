@@ -108,3 +108,14 @@ def test_adapter_state_dict_keys_share_one_prefix_and_backbone_keys_are_unchange
     added = set(model.state_dict()) - keys_before
     assert added and all(k.startswith("pal_adapters.") for k in added)
     assert keys_before <= set(model.state_dict())
+
+
+def test_adapters_and_heads_added_to_an_eval_model_start_in_eval_mode():
+    from pal_adapters import add_pal
+
+    model = tiny_model("bert")  # eval mode
+    bank = inject_adapters(model, CONFIG.replace(dropout=0.5))
+    assert not any(m.training for m in bank.modules())
+    multi = add_pal(tiny_model("bert"), {"a": 2}).eval()
+    multi.add_task("b", 3)
+    assert not any(m.training for m in multi.modules())
