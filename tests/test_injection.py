@@ -107,3 +107,18 @@ def test_tasks_route_to_their_own_adapters(arch_model):
         assert (out_a - out_b).abs().max() > 1e-3 and (out_a - bare).abs().max() > 1e-3
     finally:
         remove_adapters(model)
+
+
+@pytest.mark.parametrize("arch", ["ernie", "data2vec-text"])
+def test_unlisted_bert_like_models_are_detected_and_adapted(arch):
+    from pal_adapters.layouts import LAYOUTS
+
+    assert arch not in LAYOUTS
+    model = tiny_model(arch)
+    batch = tiny_batch()
+    before = hidden(model, batch)
+    inject_adapters(model, config_for("pal", "parallel"), tasks=["t"])
+    torch.testing.assert_close(hidden(model, batch), before, rtol=0, atol=1e-6)
+    randomize_adapters(model)
+    assert (hidden(model, batch) - before).abs().max() > 1e-3
+    remove_adapters(model)
