@@ -25,7 +25,7 @@ from torch import nn
 from .adapters import TaskAdapter
 from .config import AdapterConfig, resolve_adapter_config
 from .layouts import Layout, ResolvedLayout, resolve_layout
-from .routing import Router, Segment
+from .routing import ALL_ROWS, Router, Segment
 
 ATTRIBUTE = "pal_adapters"  # the module name, hence the parameter-name prefix, of every adapter
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -90,7 +90,7 @@ class AdapterBank(nn.ModuleDict):
         """``with bank.use_task("sst2"): ...`` for code that cannot pass a task to ``forward``."""
         if name is not None:
             self.check_task(name)
-        with self.router.routed(() if name is None else (Segment(name, 0, -1),)):
+        with self.router.routed(() if name is None else (Segment(name, 0, ALL_ROWS),)):
             yield
 
     # ---- what a site computes -------------------------------------------------------------
@@ -104,7 +104,7 @@ class AdapterBank(nn.ModuleDict):
         if not segments:
             return x
         keep = self.router.keep
-        if len(segments) == 1 and segments[0].stop == -1:
+        if len(segments) == 1 and segments[0].stop == ALL_ROWS:
             return self._apply_task(segments[0].task, stage, x, h_in, depth, keep)
         if not any(depth in self[seg.task].depths for seg in segments):
             return x  # e.g. below the replication point of predict_all
