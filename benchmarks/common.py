@@ -25,6 +25,18 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+# glibc returns large freed blocks to the OS by default, so every big activation page-faults anew
+# (tens of thousands of faults per forward on this machine). Benchmarks re-run themselves with
+# malloc tuned to keep freed memory, which measures the model rather than the allocator.
+STEADY_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+
+
+def steady_malloc_reexec(disabled: bool = False) -> None:
+    """Re-run this process under ``GLIBC_TUNABLES=STEADY_MALLOC`` (Linux; once; unless ``disabled``)."""
+    if disabled or "GLIBC_TUNABLES" in os.environ or sys.platform != "linux":
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": STEADY_MALLOC})
+
 # A case: a zero-argument callable to time, and an optional factory of the context it runs in
 # (entered and left outside the timed region, e.g. "route to task X" or "hooks detached").
 Case = tuple[Callable[[], Any], Callable[[], AbstractContextManager] | None]

@@ -61,9 +61,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from pal_adapters import PRESETS, AdapterConfig, inject_adapters, remove_adapters  # noqa: E402
 
 try:
-    from .common import format_table, pair_ratios, paired_timings, run_metadata, summary, write_json
+    from .common import (
+        STEADY_MALLOC,
+        format_table,
+        pair_ratios,
+        paired_timings,
+        run_metadata,
+        steady_malloc_reexec,
+        summary,
+        write_json,
+    )
 except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from common import format_table, pair_ratios, paired_timings, run_metadata, summary, write_json
+    from common import (
+        STEADY_MALLOC,
+        format_table,
+        pair_ratios,
+        paired_timings,
+        run_metadata,
+        steady_malloc_reexec,
+        summary,
+        write_json,
+    )
 
 VARIANTS: dict[str, AdapterConfig] = {
     "pal": PRESETS["pal"],
@@ -77,7 +95,6 @@ TARGETS = {"pal": 1.09, "low_rank": 1.05, "lhuc": 1.03}
 # Keep freed memory in the process (no mmap per large tensor, no trimming), so that a forward
 # does not page-fault its ~150 MB of activations back in every time; see the module docstring.
 NOISY_IQR = 0.05  # a run whose pair ratios spread wider than this is flagged
-STEADY_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
 def predicted_ratio(config: AdapterConfig, d: int, num_layers: int, n: int) -> float:
@@ -229,14 +246,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def steady_malloc_reexec(args: argparse.Namespace) -> None:
-    """Re-run this process with glibc malloc tuned to keep freed memory (see the docstring)."""
-    if args.system_malloc or "GLIBC_TUNABLES" in os.environ or sys.platform != "linux":
-        return
-    env = {**os.environ, "GLIBC_TUNABLES": STEADY_MALLOC}
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
 def minor_faults(cases: dict[str, Any]) -> dict[str, int]:
     """Minor page faults of one forward per case (0 when the allocator reuses its memory)."""
     faults = {}
@@ -293,7 +302,7 @@ def run_one(args: argparse.Namespace, threads: int, budget_s: float | None) -> d
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    steady_malloc_reexec(args)
+    steady_malloc_reexec(args.system_malloc)
     metadata = run_metadata()  # before the runs change torch's thread count
     budget_s = 60 * args.budget_minutes / len(args.threads) if args.budget_minutes else None
     runs = [run_one(args, threads, budget_s) for threads in args.threads]

@@ -3,12 +3,15 @@
 Two questions, each measured side by side with interleaved repeats (see common.py):
 
 1. Mixed-task batches: a batch of 64 × 128 tokens whose rows belong to 8 tasks at random
-   (``task_ids=``) against the same batch routed to one task (``task=``). Target ≤ 1.05x
+   (``task_ids=``) against the same batch routed to one task (``task=``), PALs in the top half.
+   Target ≤ 1.05x
    (PEFT's mixed-adapter LoRA batches measure 1.03–1.05x on this machine).
 2. All tasks for one input: ``predict_all`` (8 tasks) against a loop of 8 per-task forwards,
    batch 8 × 128, PALs in the top half (target ≥ 2.2x faster; the cost model of GUIDE §4 gives
    8 / (0.5 + 0.5·8) = 1.78x from sharing the bottom half alone, the rest comes from running the
-   top half at 8x the batch) and in all layers (target: not slower than the loop).
+   top half at 8x the batch) and in all layers (target: not slower than the loop). The first
+   adapted layer is shared too (see pal_adapters/replicate.py): 6 layers, PALs in layers 3-5 ->
+   4 shared layers + 8 x 2 -> 48 / 20 = 2.4x at best; in all layers 48 / 41 = 1.17x.
 
     python benchmarks/routing.py            # ~4 minutes on 2 cores
     python benchmarks/routing.py --quick    # ~1 minute profile
@@ -22,7 +25,15 @@ import argparse
 import os
 
 import torch
-from common import format_table, pair_ratios, paired_timings, run_metadata, summary, write_json
+from common import (
+    format_table,
+    pair_ratios,
+    paired_timings,
+    run_metadata,
+    steady_malloc_reexec,
+    summary,
+    write_json,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -87,7 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter sequences")
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is the stable choice on a shared 2-core machine)")
+    parser.add_argument("--system-malloc", action="store_true", help="do not re-run under STEADY_MALLOC (common.py)")
     args = parser.parse_args()
+    steady_malloc_reexec(args.system_malloc)
+    torch.set_num_threads(args.threads)
     rounds, length = (3, 64) if args.quick else (args.rounds, 128)
     torch.set_grad_enabled(False)
     results = {}
@@ -105,7 +121,9 @@ def main() -> None:
     ]
     print(format_table(["measure (median of interleaved rounds)", "measured", "target"], rows))
     path = write_json("routing.json" if not args.quick else "routing_quick.json",
-                      {**run_metadata(), "seq_len": length, "rounds": rounds, "results": results})
+                      {**run_metadata(), "threads": args.threads,
+                       "malloc": os.environ.get("GLIBC_TUNABLES", "system"), "seq_len": length, "rounds": rounds,
+                       "results": results})
     print(f"wrote {path}")
 
 

@@ -180,13 +180,25 @@ class LayerSite:
     def capture_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._input = args[0] if args else next(iter(kwargs.values()))
 
+    def _replicate(self, x: torch.Tensor) -> torch.Tensor:
+        """``predict_all`` in the first adapted layer: everything up to the layer's last residual sum
+        reads only the shared layer input, so the batch is repeated per task only here."""
+        router = self.bank.router
+        plan = router.replication
+        if plan is None or plan.depth != self._current_depth:
+            return x
+        self._input = plan.repeat(self._input)
+        router.keep = plan.repeat(router.keep)
+        return plan.repeat(x)
+
     def before_norm(self, module: nn.Module, args: tuple) -> tuple | None:
-        x = self.bank.transform("norm", args[0], self._input, self._current_depth)
+        x = self.bank.transform("norm", self._replicate(args[0]), self._input, self._current_depth)
         return None if x is args[0] else (x, *args[1:])
 
     def after_layer(self, module: nn.Module, args: tuple, output):
         h = output[0] if isinstance(output, tuple) else output
-        new = self.bank.transform("output", h, self._input, self._current_depth)
+        start = self._replicate(h) if self.bank.pre_ln else h  # pre-LN: the output is the last residual sum
+        new = self.bank.transform("output", start, self._input, self._current_depth)
         if new is h:
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new

@@ -1,12 +1,15 @@
-"""Run the bottom of the encoder once and the rest once per task: batch replication at a layer.
+"""Run the shared part of the encoder once and the rest once per task: batch replication.
 
 ``predict_all`` asks for every task's output on the same input. Below the lowest adapted depth
-all tasks compute the same thing, so a pre-hook on that layer repeats the batch ``n`` times, and
-the router's padding mask with it; the router's segments then give copy ``i`` to task ``i``.
-Layers above it get the encoder's own (unrepeated) mask and other per-layer arguments, so every
-layer from there on repeats what is still batch-shaped at the original size: the hidden states
-once, the arguments the layout marks as batch-shaped (attention mask, ...) at every layer.
-Cost: one bottom pass plus ``n`` top passes.
+all tasks compute the same thing, and so does the first adapted layer up to its last residual
+sum: parallel adapters read the layer input, serial and LHUC ones act after it. So the batch is
+repeated ``n`` times inside that layer (the router's ``Replication`` plan, applied by the layer's
+site just before its last norm, or to the output of a pre-LN layer), and the router's segments
+give copy ``i`` to task ``i``. Layers above get the encoder's own, unrepeated, mask and other
+per-layer arguments, so a pre-hook on each repeats the arguments the layout marks as
+batch-shaped. Encoders that apply one layer module at every depth (ALBERT) repeat at the input of
+the first layer instead. Cost with PALs in the top half of L layers: L/2 + 1 shared layers, then
+L/2 - 1 layers per task.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 
 from .inject import AdapterBank
+from .routing import Replication
 
 
 def _repeat(value: Any, n: int, batch: int) -> Any:
@@ -60,16 +64,19 @@ class _Replicator:
 
 @contextmanager
 def replicated_from(bank: AdapterBank, depth: int, n: int, batch: int) -> Iterator[None]:
-    """Inside the block, a forward repeats its batch ``n`` times from layer ``depth`` on."""
+    """Inside the block, a forward repeats its batch ``n`` times in layer ``depth``."""
     if n == 1:
         yield
         return
-    modules = bank.resolved.modules
-    layers = modules if bank.resolved.layout.shared else modules[depth:]  # ALBERT: from depth 0
+    modules, router = bank.resolved.modules, bank.router
+    shared = bank.resolved.layout.shared
+    later = modules if shared else modules[depth + 1:]  # ALBERT: repeat at the first call instead
     handles = [layer.register_forward_pre_hook(_Replicator(bank, layer, n, batch), with_kwargs=True, prepend=True)
-               for layer in layers]
+               for layer in later]
+    router.replication = None if shared else Replication(depth, n, batch)
     try:
         yield
     finally:
+        router.replication = None
         for handle in handles:
             handle.remove()

@@ -32,11 +32,27 @@ class Segment:
         return slice(self.start, None if self.stop == ALL_ROWS else self.stop)
 
 
+@dataclass(frozen=True)
+class Replication:
+    """``predict_all``'s plan: inside layer ``depth``, repeat the batch of ``batch`` rows ``n`` times."""
+
+    depth: int
+    n: int
+    batch: int
+
+    def repeat(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """Rows repeated ``n`` times along dim 0 when ``x`` still has the original batch size."""
+        if x is None or x.shape[0] != self.batch:
+            return x
+        return x.repeat(self.n, *([1] * (x.dim() - 1)))
+
+
 class Router:
     """Mutable routing state shared by all injection sites of one model."""
 
     def __init__(self) -> None:
         self.segments: tuple[Segment, ...] = ()
+        self.replication: Replication | None = None
         self.keep: torch.Tensor | None = None  # (B, 1, 1, T) bool, True = a real token
         self.depth_counter = 0
 
