@@ -58,30 +58,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from pal_adapters import PRESETS, AdapterConfig, inject_adapters, remove_adapters  # noqa: E402
+from common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    STEADY_MALLOC,
+    format_table,
+    pair_ratios,
+    paired_timings,
+    run_metadata,
+    steady_malloc_reexec,
+    summary,
+    write_json,
+)
 
-try:
-    from .common import (
-        STEADY_MALLOC,
-        format_table,
-        pair_ratios,
-        paired_timings,
-        run_metadata,
-        steady_malloc_reexec,
-        summary,
-        write_json,
-    )
-except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from common import (
-        STEADY_MALLOC,
-        format_table,
-        pair_ratios,
-        paired_timings,
-        run_metadata,
-        steady_malloc_reexec,
-        summary,
-        write_json,
-    )
+from pal_adapters import PRESETS, AdapterConfig, inject_adapters, remove_adapters  # noqa: E402
 
 VARIANTS: dict[str, AdapterConfig] = {
     "pal": PRESETS["pal"],

@@ -29,6 +29,15 @@ PAL_SIZE_RATIO = 204 / 768
 LOW_RANK_SIZE_RATIO = 100 / 768
 
 
+def from_fields(cls: type, d: dict[str, Any], what: str) -> Any:
+    """Build dataclass ``cls`` from ``d``; unknown keys are an error that lists the valid ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} fields {unknown}; valid fields: {sorted(known)}")
+    return cls(**d)
+
+
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raise ``ValueError`` naming ``value`` and the valid ``choices`` when it is not one of them."""
     if value not in choices:
@@ -144,11 +153,7 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AdapterConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown adapter config fields {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return from_fields(cls, d, "adapter config")
 
 
 # Named presets. "pal" is the reference-code PAL (GELU after V^D, 6 heads, d_s = 0.266·d_m).
@@ -237,8 +242,4 @@ class TaskConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown task config fields {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return from_fields(cls, d, "task config")

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from ..config import check_choice
+from ..config import check_choice, from_fields
 from .sampling import Strategy
 
 Optimizer = Literal["adamw", "adamax"]
@@ -112,11 +112,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown training fields {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return from_fields(cls, d, "training")
 
 
 @dataclass(frozen=True)
