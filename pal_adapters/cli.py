@@ -90,9 +90,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = run.train
     log.info("training %s on tasks %s", config.model, list(defs))
     trainer = MultiTaskTrainer(config, defs)
-    print(f"model {config.model}, adapter {config.adapter}, {trainer.total_steps} steps, tasks {list(defs)}")
-    print(trainer.model.parameter_report(), flush=True)
+    main_process = trainer.accelerator.is_main_process  # under accelerate launch / torchrun: print once
+    if main_process:
+        print(f"model {config.model}, adapter {config.adapter}, {trainer.total_steps} steps, tasks {list(defs)}")
+        print(trainer.model.parameter_report(), flush=True)
     result = trainer.fit(resume=args.resume)
+    if not main_process:
+        return 0
     if result.best_metrics:
         print(f"\nbest dev metrics (step {result.best_step}, score {result.best_score:.4f}):")
         print(format_eval_table(result.best_metrics))

@@ -47,7 +47,8 @@ class TrainConfig:
         select_by: keep the best checkpoint by ``"sum"`` of dev metrics (PALs) or ``"task.metric"``.
         checkpoint_every: save the full training state every N steps (0: at evaluations only).
         max_train_examples / max_eval_examples: cap each task's split (quick runs); 0 = all.
-        mixed_precision: ``no``, ``fp16`` or ``bf16`` (where the hardware allows).
+        mixed_precision: ``no``, ``fp16`` or ``bf16`` (where the hardware allows); ``None`` takes
+            the launcher's choice (``accelerate launch --mixed_precision``, ``accelerate config``).
         distill: per-task teachers, see ``distill.DistillConfig`` (``teachers``, ``probabilities``,
             ``alpha``).
     """
@@ -77,7 +78,7 @@ class TrainConfig:
     log_every: int = 10
     max_train_examples: int = 0
     max_eval_examples: int = 0
-    mixed_precision: Precision = "no"
+    mixed_precision: Precision | None = None
     seed: int = 42
     distill: dict[str, Any] = field(default_factory=dict)
 
@@ -85,7 +86,8 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, get_args(Optimizer))
         check_choice("sampling", self.sampling, get_args(Strategy))
         check_choice("loss_weighting", self.loss_weighting, get_args(Weighting))
-        check_choice("mixed_precision", self.mixed_precision, get_args(Precision))
+        if self.mixed_precision is not None:
+            check_choice("mixed_precision", self.mixed_precision, get_args(Precision))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "log_every": self.log_every}
         for name, value in positive.items():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..model import MultiTaskModel, add_pal
@@ -201,6 +201,8 @@ class MultiTaskTrainer:
             if self.config.checkpoint_every and state["step"] % self.config.checkpoint_every == 0:
                 self._checkpoint(state)
         bar.close()
+        shared = [{k: state[k] for k in ("best_score", "best_step", "best_metrics")}]
+        state.update(broadcast_object_list(shared)[0] if acc.num_processes > 1 else shared[0])  # main evaluated
         if acc.is_main_process:
             save_pretrained(self.model, self.out / "last")
             plot_training_curves(read_jsonl(self.out / "log.jsonl"), self.out / "curves.png")
