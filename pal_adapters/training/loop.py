@@ -187,15 +187,19 @@ class MultiTaskTrainer:
         log = JsonlLogger(self.out / "log.jsonl") if acc.is_main_process else None
         bar = tqdm(total=self.total_steps, initial=state["step"], desc="training", disable=not acc.is_main_process,
                    dynamic_ncols=True)
+        pending: dict[str, list[float]] = {}  # each task's losses since the last log line
         while state["step"] < self.total_steps:
             losses = self._optimizer_step(state["step"])
             state["step"] += 1
             bar.update(1)
             bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
+            for t, v in losses.items():
+                pending.setdefault(t, []).append(v)
             if log and (state["step"] % self.config.log_every == 0 or state["step"] == 1):
-                for t, v in losses.items():
-                    log.log({"kind": "train", "step": state["step"], "task": t, "loss": v,
-                             "lr": self.scheduler.get_last_lr()[0]})
+                for t, values in pending.items():
+                    log.log({"kind": "train", "step": state["step"], "task": t, "loss": sum(values) / len(values),
+                             "steps": len(values), "lr": self.scheduler.get_last_lr()[0]})
+                pending.clear()
             if self._due(state["step"], self.config.eval_every or self.epoch_steps):
                 self._evaluate(state, log)
             if self.config.checkpoint_every and state["step"] % self.config.checkpoint_every == 0:
