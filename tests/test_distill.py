@@ -15,6 +15,7 @@ from pal_adapters.training.distill import (
     distill_task_loss,
     load_probabilities,
     save_probabilities,
+    teacher_output,
     write_teacher_probabilities,
 )
 
@@ -182,3 +183,15 @@ def test_distill_task_loss_matches_hand_computation() -> None:
     assert reg.item() == pytest.approx((0.25 + 1.0) / 2)
     with pytest.raises(ValueError, match="labels are needed"):
         distill_task_loss(logits, q, None, "classification", alpha=0.5)
+
+
+def test_teacher_probabilities_follow_example_index_in_any_batch_order(tmp_path):
+    teacher = add_pal(tiny_model("bert"), {"a": 3}).eval()
+    randomize_adapters(teacher)
+    batch = tiny_batch(batch=6, pad_rows=())
+    expected = teacher_output(teacher, "a", batch)  # rows in example order 0..5
+    order = [4, 1, 5, 0, 3, 2]
+    shuffled = [{**{k: v[order[i:i + 3]] for k, v in batch.items()}, "example_index": torch.tensor(order[i:i + 3])}
+                for i in (0, 3)]
+    path = write_teacher_probabilities(teacher, "a", shuffled, tmp_path / "p.safetensors")
+    torch.testing.assert_close(load_probabilities(path, 6, 3), expected, rtol=1e-5, atol=1e-6)

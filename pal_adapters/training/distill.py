@@ -142,21 +142,34 @@ def write_teacher_probabilities(model: MultiTaskModel, task: str, batches: Itera
                                 path: PathLike) -> Path:
     """Run a trained ``model`` over ``task``'s training batches and save its outputs to ``path``.
 
-    ``batches`` must cover the training set in order, unshuffled, so row i is example i.
-    Dropout is off while it runs; the model's train/eval mode is restored afterwards.
+    Row i of the file belongs to training example i: batches that carry ``example_index`` (as
+    the training streams' batches do) may come in any order; batches without it must cover the
+    training set in order. Dropout is off while it runs; the model's mode is restored afterwards.
     """
     model.check_task(task)
     check_choice(f"type of task {task!r}", model.tasks[task].type, KD_TYPES)
     was_training = model.training
     model.eval()
+    outputs, indices = [], []
     try:
         with torch.no_grad():
-            outputs = [teacher_output(model, task, batch).cpu() for batch in batches]
+            for batch in batches:
+                outputs.append(teacher_output(model, task, batch).cpu())
+                if "example_index" in batch:
+                    indices.append(torch.as_tensor(batch["example_index"]).cpu())
     finally:
         model.train(was_training)
     if not outputs:
         raise ValueError(f"batches for task {task!r} is empty; nothing to write to {path}")
-    return save_probabilities(path, torch.cat(outputs))
+    rows = torch.cat(outputs)
+    if indices:
+        if len(indices) != len(outputs):
+            raise ValueError("some batches carry example_index and some do not; give it in all or none")
+        order = torch.cat(indices)
+        if not torch.equal(torch.sort(order).values, torch.arange(len(order))):
+            raise ValueError(f"example_index of the batches must cover 0..{len(order) - 1} exactly once")
+        rows = rows[torch.argsort(order)]
+    return save_probabilities(path, rows)
 
 
 class TeacherEnsemble(nn.Module):
