@@ -19,9 +19,10 @@ import torch
 
 from pal_adapters import MultiTaskModel
 from pal_adapters.training.config import TrainConfig
-from pal_adapters.training.data import load_split, make_dataloader, tokenize
+from pal_adapters.training.data import make_dataloader, tokenize
 from pal_adapters.training.evaluate import evaluate
 from pal_adapters.training.loop import MultiTaskTrainer
+from pal_adapters.training.readers import load_split
 from pal_adapters.training.report import format_eval_table
 from pal_adapters.training.setup import load_backbone
 from pal_adapters.training.taskdefs import load_task_defs

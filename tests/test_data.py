@@ -13,16 +13,8 @@ import transformers
 import yaml
 
 from pal_adapters.training import data as data_mod
-from pal_adapters.training.data import (
-    DynamicPaddingCollator,
-    LengthGroupedBatchSampler,
-    load_split,
-    make_dataloader,
-    make_label_converter,
-    map_columns,
-    read_tsv_columns,
-    tokenize,
-)
+from pal_adapters.training.data import DynamicPaddingCollator, LengthGroupedBatchSampler, make_dataloader, tokenize
+from pal_adapters.training.readers import load_split, make_label_converter, map_columns, read_tsv_columns
 from pal_adapters.training.taskdefs import DataSource, TaskDef, load_task_defs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

