@@ -7,9 +7,12 @@ Per layer, one ``LayerSite`` owns four hooks:
   (parallel placement, the reference code's ``self.output(intermediate, attention_output + TS)``);
 - after the layer: serial adapters ``h + TS(h)``, LHUC alone ``h · 2σ(θ)``, and parallel adapters
   of pre-LN layers, whose output is the residual sum.
-Hooks survive ``train()/eval()``, ``.to()``, gradient checkpointing (they run inside the
-recomputed layer) and ``torch.compile``; the backbone's state dict keeps its own key names and the
-adapters appear under the single prefix ``pal_adapters.``.
+Hooks survive ``train()/eval()``, ``.to()``, gradient checkpointing and ``torch.compile``. Under
+checkpointing (transformers 5 checkpoints a layer's ``forward``) the layer's own hooks run once and
+the submodule hooks run again in the backward recompute, which is why the input is read at a
+submodule; the routing is read again then too, so a forward's backward must come before the
+next forward changes the routing (the usual training loop). The backbone's state dict keeps its
+own key names and the adapters appear under the single prefix ``pal_adapters.``.
 """
 
 from __future__ import annotations
@@ -112,12 +115,13 @@ class AdapterBank(nn.ModuleDict):
         parts = []
         for seg in segments:
             rows = seg.rows()
-            parts.append(self._apply_task(seg.task, stage, x[rows], h_in[rows] if h_in is not None else None,
-                                     depth, keep[rows] if keep is not None else None))
+            seg_in = h_in[rows] if h_in is not None else None
+            seg_keep = keep[rows] if keep is not None else None
+            parts.append(self._apply_task(seg.task, stage, x[rows], seg_in, depth, seg_keep))
         return torch.cat(parts)
 
     def _apply_task(self, task: str, stage: str, x: torch.Tensor, h_in: torch.Tensor | None, depth: int,
-               keep: torch.Tensor | None) -> torch.Tensor:
+                    keep: torch.Tensor | None) -> torch.Tensor:
         adapter: TaskAdapter = self[task]
         if depth not in adapter.depths:
             return x
