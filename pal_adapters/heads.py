@@ -71,8 +71,11 @@ def ranking_loss(scores: torch.Tensor, labels: torch.Tensor, group: int) -> torc
     if scores.numel() % group:
         raise ValueError(f"ranking task got {scores.numel()} rows, not a multiple of num_candidates={group}")
     groups = labels.view(-1, group)
-    if not torch.all(groups.sum(-1) == 1):
-        raise ValueError("ranking labels must mark exactly one positive (1) per group of num_candidates rows")
+    positives = groups.sum(-1)
+    bad = (positives != 1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"ranking labels must mark exactly one positive (1) per group of {group} rows; groups "
+                         f"{bad[:5]} have {positives[bad[:5]].tolist()} positives")
     return F.cross_entropy(scores.view(-1, group), groups.argmax(-1))
 
 

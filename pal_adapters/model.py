@@ -259,6 +259,18 @@ class MultiTaskModel(nn.Module):
         return out
 
 
+@contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients inside the block; the model's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def _batch_size(inputs: dict[str, Any]) -> int:
     for key in ("input_ids", "inputs_embeds"):
         if key in inputs:

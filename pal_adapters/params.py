@@ -20,10 +20,10 @@ def task_of(name: str) -> str:
     return name.split(PREFIX, 1)[1].split(".", 1)[0]
 
 
-def freeze_backbone(model: nn.Module, frozen: bool = True, trainable_prefixes: tuple[str, ...] = ()) -> None:
-    """Freeze (or unfreeze) everything that is not an adapter or starts with ``trainable_prefixes``."""
+def freeze_backbone(model: nn.Module, frozen: bool = True) -> None:
+    """Freeze (or unfreeze) every parameter of ``model`` that is not an adapter."""
     for name, param in model.named_parameters():
-        if not is_adapter_parameter(name) and not name.startswith(trainable_prefixes):
+        if not is_adapter_parameter(name):
             param.requires_grad_(not frozen)
 
 

@@ -70,15 +70,6 @@ class Router:
         """Route the whole batch to ``task`` (``None``: no adapters act)."""
         self.segments = () if task is None else (Segment(task, 0, ALL_ROWS),)
 
-    def set_segments(self, segments: tuple[Segment, ...]) -> None:
-        """Route contiguous row ranges to tasks; ranges must tile ``0..B`` in order."""
-        stop = 0
-        for seg in segments:
-            if seg.start != stop or seg.stop <= seg.start:
-                raise ValueError(f"segments must tile the batch in order; got {segments}")
-            stop = seg.stop
-        self.segments = tuple(segments)
-
     @contextmanager
     def routed(self, segments: tuple[Segment, ...]) -> Iterator[None]:
         """Use ``segments`` inside the block and restore the previous routing after it."""

@@ -181,3 +181,10 @@ def test_parameter_report_counts_heads_and_adapters_per_task():
     assert report.heads == {"a": 32 * 3 + 3, "b": 32 + 1}
     assert report.adapters["a"] == sum(p.numel() for p in model.bank["a"].parameters())
     assert report.trainable == sum(report.adapters.values()) + sum(report.heads.values())
+
+
+def test_ranking_labels_without_one_positive_per_group_name_the_groups():
+    model = build(tasks={"rank": TASKS["rank"]})
+    batch = tiny_batch(batch=4)
+    with pytest.raises(ValueError, match=r"one positive \(1\) per group of 2 rows; groups \[1\] have \[2.0\]"):
+        model(**batch, task="rank", labels=torch.tensor([1.0, 0.0, 1.0, 1.0]))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..config import TaskConfig, check_choice
 from ..io import AdapterLoadError, read_tensors, write_tensors
-from ..model import BATCH_KEYS, MultiTaskModel, as_task_config
+from ..model import BATCH_KEYS, MultiTaskModel, as_task_config, inference
 from .losses import KDKind, distillation_loss, mixed_loss, soft_targets
 
 PROBABILITIES = "probabilities"  # the one tensor name in a probability file
@@ -148,17 +148,12 @@ def write_teacher_probabilities(model: MultiTaskModel, task: str, batches: Itera
     """
     model.check_task(task)
     check_choice(f"type of task {task!r}", model.tasks[task].type, KD_TYPES)
-    was_training = model.training
-    model.eval()
     outputs, indices = [], []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                outputs.append(teacher_output(model, task, batch).cpu())
-                if "example_index" in batch:
-                    indices.append(torch.as_tensor(batch["example_index"]).cpu())
-    finally:
-        model.train(was_training)
+    with inference(model):
+        for batch in batches:
+            outputs.append(teacher_output(model, task, batch).cpu())
+            if "example_index" in batch:
+                indices.append(torch.as_tensor(batch["example_index"]).cpu())
     if not outputs:
         raise ValueError(f"batches for task {task!r} is empty; nothing to write to {path}")
     rows = torch.cat(outputs)

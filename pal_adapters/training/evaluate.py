@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TaskConfig
-from ..model import BATCH_KEYS
+from ..model import BATCH_KEYS, inference
 from .metrics import compute_metrics, logits_to_predictions
 
 Results = Mapping[str, Mapping[str, float]]
@@ -44,21 +44,16 @@ def predict_task(model: nn.Module, task: str, batches: Iterable[Mapping[str, Ten
     model.check_task(task)
     config: TaskConfig = model.tasks[task]
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     preds, labels = [], []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                inputs = {k: v.to(device) for k, v in batch.items() if k in BATCH_KEYS}
-                if "labels" not in batch:
-                    raise ValueError(f"task {task!r}: a dev batch has no 'labels' (keys: {sorted(batch)})")
-                logits = model(**inputs, task=task).logits
-                p, y = batch_predictions(config, logits, batch["labels"], inputs.get("attention_mask"))
-                preds.append(p)
-                labels.append(y)
-    finally:
-        model.train(was_training)
+    with inference(model):
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items() if k in BATCH_KEYS}
+            if "labels" not in batch:
+                raise ValueError(f"task {task!r}: a dev batch has no 'labels' (keys: {sorted(batch)})")
+            logits = model(**inputs, task=task).logits
+            p, y = batch_predictions(config, logits, batch["labels"], inputs.get("attention_mask"))
+            preds.append(p)
+            labels.append(y)
     if not preds:
         raise ValueError(f"task {task!r}: no dev batches to evaluate")
     return np.concatenate(preds), np.concatenate(labels)
