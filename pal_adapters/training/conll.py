@@ -1,0 +1,112 @@
+"""Reading token-tagged data (NER) into the standard columns ``tokens`` and ``tags``.
+
+Every source ends in two list columns per sentence: ``tokens`` (the words) and ``tags`` (one tag
+string per word, e.g. ``B-PER``). Class ids are decided later, by the task's label map.
+
+- CoNLL files (``read_conll``): one token per line, whitespace-separated columns, a blank line
+  between sentences, ``-DOCSTART-`` lines skipped; the tag is the last column unless told otherwise
+  (CoNLL-2003: ``token POS chunk NER``).
+- JSONL or hub data (``map_token_columns``): a token-list column and a tag-list column. Integer tags
+  with a ``ClassLabel`` feature (hub ``conll2003``'s ``ner_tags``, ``wikiann``) are turned back into
+  their names, so the task's label map decides the ids whatever the source order; plain integers
+  become numeric strings, which the label converter reads as class ids.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+Columns = dict[str, list[Any]]
+DOCSTART = "-DOCSTART-"
+
+
+def read_conll(path: str | os.PathLike, tag_column: int = -1, token_column: int = 0) -> Columns:
+    """Read a CoNLL file into ``{"tokens": [[word, ...], ...], "tags": [[tag, ...], ...]}``.
+
+    Args:
+        tag_column: index of the tag among a line's whitespace-separated fields (negative counts
+            from the end; default: the last).
+        token_column: index of the word (default: the first).
+
+    A sentence ends at a blank line, a ``-DOCSTART-`` line or the end of the file; empty sentences
+    are not kept. A line with too few fields raises an error naming the file and line.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    sentences: Columns = {"tokens": [], "tags": []}
+    words: list[str] = []
+    tags: list[str] = []
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            fields = line.split()  # any run of spaces/tabs; also drops "\r\n"
+            if not fields or fields[0] == DOCSTART:
+                _end_sentence(sentences, words, tags)
+                words, tags = [], []
+                continue
+            try:
+                words.append(fields[token_column])
+                tags.append(fields[tag_column])
+            except IndexError:
+                raise ValueError(f"{str(path)!r}, line {lineno}: {len(fields)} field(s) {fields}, but "
+                                 f"token_column={token_column} and tag_column={tag_column}") from None
+    _end_sentence(sentences, words, tags)
+    return sentences
+
+
+def _end_sentence(sentences: Columns, words: list[str], tags: list[str]) -> None:
+    if words:
+        sentences["tokens"].append(words)
+        sentences["tags"].append(tags)
+
+
+def read_conll_dataset(path: str | os.PathLike, tag_column: int = -1) -> datasets.Dataset:
+    """``read_conll`` as a ``datasets.Dataset`` with columns ``tokens`` and ``tags``."""
+    columns = read_conll(path, tag_column=tag_column)
+    if not columns["tokens"]:
+        raise ValueError(f"{str(path)!r} holds no sentences (expected token lines separated by blank lines)")
+    return datasets.Dataset.from_dict(columns)
+
+
+def map_token_columns(ds: datasets.Dataset, tokens_column: str = "tokens", tags_column: str = "tags",
+                      where: str = "dataset") -> datasets.Dataset:
+    """Select ``tokens_column`` and ``tags_column`` as ``tokens`` / ``tags`` (tag strings).
+
+    A sequence-of-``ClassLabel`` tag column gives its names; other tags become strings. Every row
+    must hold as many tags as tokens (the error names the row).
+    """
+    for column in (tokens_column, tags_column):
+        if column not in ds.column_names:
+            raise ValueError(f"{where}: column {column!r} not found; available columns: {ds.column_names}")
+    names = _class_label_names(ds.features[tags_column])
+    ds = ds.select_columns([tokens_column, tags_column])
+    return ds.map(_to_tag_strings, batched=True, with_indices=True, remove_columns=ds.column_names,
+                  fn_kwargs={"tokens_column": tokens_column, "tags_column": tags_column, "names": names,
+                             "where": where})
+
+
+def _class_label_names(feature: Any) -> tuple[str, ...] | None:
+    """The names of a list-of-ClassLabel feature (``Sequence``/``List`` of ``ClassLabel``), else None."""
+    inner = getattr(feature, "feature", None)
+    return tuple(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+
+
+def _to_tag_strings(batch: Columns, indices: list[int], tokens_column: str, tags_column: str,
+                    names: tuple[str, ...] | None, where: str) -> Columns:
+    tokens, tags = [], []
+    for index, words, row_tags in zip(indices, batch[tokens_column], batch[tags_column], strict=True):
+        if not isinstance(words, list) or not isinstance(row_tags, list) or len(words) != len(row_tags):
+            raise ValueError(f"{where}, row {index}: {tokens_column}={words!r} and {tags_column}={row_tags!r} "
+                             "must be lists of equal length (one tag per token)")
+        tokens.append([str(w) for w in words])
+        tags.append([_tag_name(t, names) for t in row_tags])
+    return {"tokens": tokens, "tags": tags}
+
+
+def _tag_name(tag: Any, names: tuple[str, ...] | None) -> str:
+    if names is not None and isinstance(tag, int) and 0 <= tag < len(names):
+        return names[tag]
+    return str(tag)
