@@ -1,0 +1,143 @@
+"""Extractive question answering (SQuAD): start/end logits per token, answers scored per question.
+
+Data: the standard QA columns of ``training/squad.py`` (``id``, ``question``, ``context``,
+``answers``). ``encode`` cuts each example into windows (``qa_windows.make_windows``; one example
+may give several rows); each row carries ``example_id``, ``offset_mapping``, ``context`` and its
+example's gold ``answers`` texts, so evaluation needs nothing but the dev batches.
+
+Evaluation is per *question*, not per window: ``batch_outputs`` keeps each window's start/end
+logits with its offsets; ``finish`` picks every question's best span over all of its windows
+(n-best start/end pairs, ``max_answer_length``) and returns ``({id: predicted text},
+{id: [gold texts]})``, which the official SQuAD exact match and F1 (``squad.squad_scores``) read.
+
+Options (a task definition's ``options:``): ``doc_stride`` (tokens shared by consecutive windows,
+128), ``n_best`` (start and end candidates per window, 20), ``max_answer_length`` (tokens, 30).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..training.squad import squad_scores
+from .base import TaskKind, require_integer, require_shape, require_tensor
+from .qa_windows import best_spans, make_windows
+
+
+def _exact_match(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> float:
+    return squad_scores(predictions, references)["exact_match"]
+
+
+def _f1(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> float:
+    return squad_scores(predictions, references)["f1"]
+
+
+class ExtractiveQAKind(TaskKind):
+    """``(n, T, 2)`` start/end logits; labels ``(n, 2)`` start and end token positions (0 = CLS:
+    the answer is not in this window)."""
+
+    name = "extractive_qa"
+    token_level = True
+    fixed_num_labels = 2
+    uses_label_names = False
+    columns = ("id", "question", "context", "answers")
+    metrics = MappingProxyType({"exact_match": _exact_match, "f1": _f1})
+    default_metrics = ("exact_match", "f1")
+    options = MappingProxyType({"doc_stride": 128, "n_best": 20, "max_answer_length": 30})
+
+    def __init__(self, task: Any, **options: Any):
+        super().__init__(task, **options)
+        for name in ("doc_stride", "n_best", "max_answer_length"):
+            value = self.options[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+
+    # ---- loss ----------------------------------------------------------------------------------
+    def loss(self, logits: Tensor, labels: Any) -> Tensor:
+        """Mean of the start and end cross-entropies over the ``T`` positions of each window."""
+        labels = require_tensor(labels, self.name)
+        require_integer(labels, self.name)
+        require_shape(labels, (logits.shape[0], 2), self.name, "start and end token per row")
+        labels = labels.long()
+        bad = labels[(labels < 0) | (labels >= logits.shape[1])]
+        if bad.numel():
+            raise ValueError(f"{self.name} labels hold positions {sorted(set(bad.tolist()))[:5]}; expected "
+                             f"token positions in 0..{logits.shape[1] - 1}")
+        start, end = logits.float().unbind(-1)  # (n, T) each
+        return (F.cross_entropy(start, labels[:, 0]) + F.cross_entropy(end, labels[:, 1])) / 2
+
+    # ---- data ----------------------------------------------------------------------------------
+    def label_converter(self, label_map: Mapping[str, int]) -> Callable[[Any], Any]:
+        """Checks an ``answers`` value (``{"text": [...], "answer_start": [...]}``) and returns it."""
+        def convert(value: Any) -> Any:
+            if (not isinstance(value, Mapping) or not isinstance(value.get("text"), (list, tuple))
+                    or len(value["text"]) != len(value.get("answer_start") or ())):
+                raise ValueError(f"answers={value!r} must be {{'text': [...], 'answer_start': [...]}} with one "
+                                 "start per text")
+            return value
+        return convert
+
+    def encode(self, batch: dict[str, list[Any]], tokenizer: Any, max_length: int) -> dict[str, list[Any]]:
+        """Examples -> windows: model inputs, ``labels`` ``[start, end]``, ``length`` and the extra
+        columns ``example_id``, ``offset_mapping``, ``context``, ``answers`` (gold texts) per window."""
+        return make_windows(batch, tokenizer, max_length, self.options["doc_stride"])
+
+    def collate_labels(self, labels: Sequence[Any], length: int) -> Tensor:
+        return torch.tensor([list(x) for x in labels], dtype=torch.long).view(-1, 2)
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def batch_outputs(self, logits: Tensor, batch: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Per window: ``(example_id, start_logits, end_logits, offsets, context, gold texts)``,
+        the logits cut to the window's own tokens."""
+        missing = [k for k in ("example_id", "offset_mapping", "context", "answers") if k not in batch]
+        if missing:
+            raise ValueError(f"task type {self.name!r}: a dev batch lacks the window columns {missing} "
+                             f"(keys: {sorted(batch)}); encode the data with this kind's encode()")
+        logits = logits.detach().float().cpu()
+        rows = []
+        for i, offsets in enumerate(batch["offset_mapping"]):
+            n = len(offsets)
+            rows.append((batch["example_id"][i], logits[i, :n, 0].numpy(), logits[i, :n, 1].numpy(),
+                         offsets, batch["context"][i], batch["answers"][i]))
+        return rows
+
+    def finish(self, outputs: list[Any]) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """``({question id: best answer text}, {question id: gold answer texts})`` over the dev set."""
+        windows = [w for batch in outputs for w in batch]
+        spans = self._spans(windows)
+        golds = {w[0]: list(w[5]) for w in windows}
+        return {qid: span.text for qid, span in spans.items()}, golds
+
+    def _spans(self, windows: list[tuple[Any, ...]]) -> dict[str, Any]:
+        contexts = {w[0]: w[4] for w in windows}
+        return best_spans(contexts, [w[0] for w in windows], [w[3] for w in windows], [w[1] for w in windows],
+                          [w[2] for w in windows], n_best=self.options["n_best"],
+                          max_answer_length=self.options["max_answer_length"])
+
+    # ---- predict -------------------------------------------------------------------------------
+    def encode_for_predict(self, rows: Sequence[Mapping[str, Any]], tokenizer: Any,
+                           max_length: int) -> tuple[dict[str, Tensor], Any]:
+        """Rows with ``question`` and ``context`` -> padded windows and the windows' bookkeeping."""
+        bad = [i for i, r in enumerate(rows) if not isinstance(r.get("question"), str)
+               or not isinstance(r.get("context"), str)]
+        if bad:
+            raise ValueError(f"task type {self.name!r}: rows {bad[:5]} need 'question' and 'context' strings, "
+                             f"got keys {sorted(rows[bad[0]])}")
+        batch = {"id": [str(i) for i in range(len(rows))], "question": [r["question"] for r in rows],
+                 "context": [r["context"] for r in rows]}
+        windows = self.encode(batch, tokenizer, max_length)
+        names = [k for k in tokenizer.model_input_names if k in windows]
+        inputs = tokenizer.pad({k: windows[k] for k in names}, padding=True, return_tensors="pt")
+        return dict(inputs), windows
+
+    def describe(self, logits: Tensor, context: Any) -> list[dict[str, Any]]:
+        """One ``{"answer", "start", "end", "score"}`` per input row (``context[start:end] == answer``)."""
+        batch = {k: context[k] for k in ("example_id", "offset_mapping", "context")} | {
+            "answers": context["answers"]}
+        spans = self._spans(self.batch_outputs(logits, batch))
+        return [spans[str(i)].to_dict() for i in range(len(spans))]
