@@ -7,13 +7,15 @@ A run file holds ``model:``, ``adapter:``, ``training:`` and the task definition
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 
-from ..config import check_choice, from_fields
+from ..config import from_fields
+from ..validation import check_fields
 from .sampling import Strategy
 
 Optimizer = Literal["adamw", "adamax"]
@@ -83,27 +85,21 @@ class TrainConfig:
     distill: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_choice("optimizer", self.optimizer, get_args(Optimizer))
-        check_choice("sampling", self.sampling, get_args(Strategy))
-        check_choice("loss_weighting", self.loss_weighting, get_args(Weighting))
-        if self.mixed_precision is not None:
-            check_choice("mixed_precision", self.mixed_precision, get_args(Precision))
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "log_every": self.log_every}
-        for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        for name in ("steps_per_epoch", "max_steps"):
+        check_fields(self, "training")  # types (and Literal choices) first: the range checks compare numbers
+        at_least = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "log_every": 1, "steps_per_epoch": 1,
+                    "max_steps": 1, "eval_every": 0, "checkpoint_every": 0, "max_train_examples": 0,
+                    "max_eval_examples": 0, "seed": 0}
+        for name, low in at_least.items():
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r} must be an integer >= 1 or null")
-        for name in ("eval_every", "checkpoint_every", "max_train_examples", "max_eval_examples", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 0")
+            if value is not None and value < low:
+                raise ValueError(f"training field {name}={value!r} must be an integer >= {low}"
+                                 + (" or null" if name in ("steps_per_epoch", "max_steps") else ""))
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.lr <= 0 or (self.adapter_lr is not None and self.adapter_lr <= 0):
             raise ValueError(f"lr={self.lr}, adapter_lr={self.adapter_lr} must be > 0")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError(f"weight_decay={self.weight_decay}, max_grad_norm={self.max_grad_norm} must be >= 0")
 
     @property
     def head_lr(self) -> float:
@@ -126,6 +122,16 @@ class RunFile:
     root: Path
 
 
+class RunFileLoader(yaml.SafeLoader):
+    """YAML's safe loader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``; 1.2 does not)."""
+
+
+RunFileLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
 RUN_KEYS = ("model", "adapter", "training", "tasks", "tasks_file", "data_dir", "max_length")
 
 
@@ -134,11 +140,16 @@ def read_run_file(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"run file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=RunFileLoader) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a run file is a mapping of {list(RUN_KEYS)}, not a {type(data).__name__}")
     unknown = sorted(set(data) - set(RUN_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {unknown}; valid keys: {list(RUN_KEYS)}")
-    fields = dict(data.get("training") or {})
+    training = data.get("training") or {}
+    if not isinstance(training, dict):
+        raise ValueError(f"{path}: 'training:' must be a mapping of TrainConfig fields, not {training!r}")
+    fields = dict(training)
     for key in ("model", "adapter"):
         if key in data:
             fields[key] = data[key]
@@ -151,4 +162,8 @@ def read_run_file(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             tasks["data_dir"] = str((path.parent / tasks["data_dir"]).resolve())
     else:
         raise ValueError(f"{path}: give the tasks, as 'tasks:' or 'tasks_file:'")
-    return RunFile(TrainConfig.from_dict(fields), tasks, path.parent)
+    try:
+        train = TrainConfig.from_dict(fields)
+    except ValueError as err:  # FieldTypeError included: name the file too
+        raise ValueError(f"{path}: {err}") from None
+    return RunFile(train, tasks, path.parent)
