@@ -13,6 +13,7 @@ from .classification import ClassificationKind
 from .multi_label import MultiLabelKind
 from .ranking import RankingKind
 from .regression import RegressionKind
+from .token_classification import TokenClassificationKind
 
 if TYPE_CHECKING:
     from ..config import TaskConfig
@@ -22,6 +23,7 @@ TASK_KINDS: dict[str, type[TaskKind]] = {
     RegressionKind.name: RegressionKind,
     MultiLabelKind.name: MultiLabelKind,
     RankingKind.name: RankingKind,
+    TokenClassificationKind.name: TokenClassificationKind,
 }
 
 

@@ -40,6 +40,7 @@ def read_conll(path: str | os.PathLike, tag_column: int = -1, token_column: int 
     sentences: Columns = {"tokens": [], "tags": []}
     words: list[str] = []
     tags: list[str] = []
+    width = None  # every token line of a file has the same number of fields
     with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             fields = line.split()  # any run of spaces/tabs; also drops "\r\n"
@@ -47,14 +48,23 @@ def read_conll(path: str | os.PathLike, tag_column: int = -1, token_column: int 
                 _end_sentence(sentences, words, tags)
                 words, tags = [], []
                 continue
-            try:
-                words.append(fields[token_column])
-                tags.append(fields[tag_column])
-            except IndexError:
-                raise ValueError(f"{str(path)!r}, line {lineno}: {len(fields)} field(s) {fields}, but "
-                                 f"token_column={token_column} and tag_column={tag_column}") from None
+            width = width or _check_width(len(fields), token_column, tag_column, path, lineno)
+            if len(fields) != width:
+                raise ValueError(f"{str(path)!r}, line {lineno}: {len(fields)} field(s) {fields}; the file's "
+                                 f"first token line has {width}")
+            words.append(fields[token_column])
+            tags.append(fields[tag_column])
     _end_sentence(sentences, words, tags)
     return sentences
+
+
+def _check_width(width: int, token_column: int, tag_column: int, path: Any, lineno: int) -> int:
+    """``width`` if both columns exist in it and differ, else an error naming the line."""
+    if not (-width <= token_column < width and -width <= tag_column < width) or \
+            token_column % width == tag_column % width:
+        raise ValueError(f"{str(path)!r}, line {lineno}: {width} field(s), which cannot hold token_column="
+                         f"{token_column} and a different tag_column={tag_column}")
+    return width
 
 
 def _end_sentence(sentences: Columns, words: list[str], tags: list[str]) -> None:
@@ -83,7 +93,9 @@ def map_token_columns(ds: datasets.Dataset, tokens_column: str = "tokens", tags_
             raise ValueError(f"{where}: column {column!r} not found; available columns: {ds.column_names}")
     names = _class_label_names(ds.features[tags_column])
     ds = ds.select_columns([tokens_column, tags_column])
+    strings = datasets.Sequence(datasets.Value("string"))  # explicit: map would keep int tags as ints
     return ds.map(_to_tag_strings, batched=True, with_indices=True, remove_columns=ds.column_names,
+                  features=datasets.Features({"tokens": strings, "tags": strings}),
                   fn_kwargs={"tokens_column": tokens_column, "tags_column": tags_column, "names": names,
                              "where": where})
 
