@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import IGNORE_INDEX, TaskKind
 from .classification import ClassificationKind
+from .extractive_qa import ExtractiveQAKind
 from .multi_label import MultiLabelKind
 from .ranking import RankingKind
 from .regression import RegressionKind
@@ -24,6 +25,7 @@ TASK_KINDS: dict[str, type[TaskKind]] = {
     MultiLabelKind.name: MultiLabelKind,
     RankingKind.name: RankingKind,
     TokenClassificationKind.name: TokenClassificationKind,
+    ExtractiveQAKind.name: ExtractiveQAKind,
 }
 
 

@@ -48,28 +48,59 @@ def make_windows(batch: Mapping[str, list[Any]], tokenizer: Any, max_length: int
 
     ``batch`` holds ``id``, ``question``, ``context`` and, for labelled data, ``answers``. Returns the
     tokenizer's model inputs plus ``labels`` ``[start, end]``, ``example_id``, ``offset_mapping``,
-    ``context``, ``answers`` (the gold texts) and ``length``. Needs a fast tokenizer (offsets) that pads on the right (the question comes first).
+    ``context``, ``answers`` (the gold texts) and ``length``, windows in example order. Needs a fast
+    tokenizer (offsets) that pads on the right (the question comes first). An example whose question
+    leaves ``doc_stride`` or fewer context tokens gets a smaller stride (room - 1), since the tokenizer
+    cannot advance otherwise; a question that leaves no room at all is an error.
     """
-    if doc_stride >= max_length:
-        raise ValueError(f"doc_stride={doc_stride} must be smaller than max_length={max_length}")
     if getattr(tokenizer, "padding_side", "right") != "right":
         raise ValueError(f"padding_side={tokenizer.padding_side!r}: QA windows need a right-padding tokenizer")
     questions = [q.lstrip() for q in batch["question"]]  # leading spaces only waste window room
-    enc = tokenizer(questions, batch["context"], truncation="only_second", max_length=max_length,
-                    stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
-    out = {k: enc[k] for k in tokenizer.model_input_names if k in enc}
-    out.update(labels=[], example_id=[], offset_mapping=[], context=[], answers=[],
-               length=[len(ids) for ids in enc["input_ids"]])
-    for i, sample in enumerate(enc["overflow_to_sample_mapping"]):
-        offsets = [tuple(o) if seq == 1 else None for o, seq in zip(enc["offset_mapping"][i], enc.sequence_ids(i),
-                                                                    strict=True)]
-        answers = batch["answers"][sample] if "answers" in batch else None
-        out["labels"].append(list(answer_positions(offsets, answers)))
-        out["example_id"].append(str(batch["id"][sample]))
-        out["offset_mapping"].append(offsets)
-        out["context"].append(batch["context"][sample])
-        out["answers"].append(list(answers["text"]) if answers else [])
-    return out
+    strides = _strides(questions, tokenizer, max_length, doc_stride)
+    names = list(tokenizer.model_input_names)
+    out: dict[str, list[Any]] = {k: [] for k in (*names, "labels", "example_id", "offset_mapping", "context",
+                                                 "answers", "length")}
+    for stride in sorted(set(strides), reverse=True):  # one tokenizer call per stride (usually one)
+        rows = [i for i, s in enumerate(strides) if s == stride]
+        enc = tokenizer([questions[i] for i in rows], [batch["context"][i] for i in rows], truncation="only_second",
+                        max_length=max_length, stride=stride, return_overflowing_tokens=True,
+                        return_offsets_mapping=True)
+        for w, sample in enumerate(enc["overflow_to_sample_mapping"]):
+            _add_window(out, enc, w, rows[sample], batch, names)
+    samples = out.pop("_sample", [])
+    order = sorted(range(len(samples)), key=samples.__getitem__)  # stable: an example's windows stay in order
+    return {k: [v[i] for i in order] for k, v in out.items() if len(v) == len(order)}  # inputs it made
+
+
+def _strides(questions: list[str], tokenizer: Any, max_length: int, doc_stride: int) -> list[int]:
+    """Each example's stride: ``doc_stride``, or less where the question leaves little context room."""
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    strides = []
+    for q, n in zip(questions, lengths, strict=True):
+        room = max_length - specials - n
+        if room < 2:
+            raise ValueError(f"question {q[:60]!r} has {n} tokens and leaves {room} of max_length={max_length} "
+                             "for the context; raise max_length")
+        strides.append(min(doc_stride, room - 1))
+    return strides
+
+
+def _add_window(out: dict[str, list[Any]], enc: Any, w: int, sample: int, batch: Mapping[str, list[Any]],
+                names: list[str]) -> None:
+    offsets = [tuple(o) if seq == 1 else None for o, seq in zip(enc["offset_mapping"][w], enc.sequence_ids(w),
+                                                                strict=True)]
+    answers = batch["answers"][sample] if "answers" in batch else None
+    for k in names:
+        if k in enc:
+            out[k].append(enc[k][w])
+    out["labels"].append(list(answer_positions(offsets, answers)))
+    out["example_id"].append(str(batch["id"][sample]))
+    out["offset_mapping"].append(offsets)
+    out["context"].append(batch["context"][sample])
+    out["answers"].append(list(answers["text"]) if answers else [])
+    out["length"].append(len(enc["input_ids"][w]))
+    out.setdefault("_sample", []).append(sample)
 
 
 def answer_positions(offsets: Offsets, answers: Mapping[str, Sequence[Any]] | None) -> tuple[int, int]:

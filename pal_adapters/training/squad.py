@@ -1,0 +1,148 @@
+"""SQuAD data and metric: the official v1.1 JSON (or JSONL / hub ``squad``) into standard QA columns,
+and the official exact-match / F1 scores.
+
+Every QA reader ends in the same columns, those of the hub's ``squad``:
+``id`` (str), ``question``, ``context`` and ``answers`` = ``{"text": [...], "answer_start": [...]}``
+(character offsets into ``context``; several gold answers per dev question).
+
+The SQuAD JSON nests ``data -> articles -> paragraphs -> qas``. An article range (``"0:38"``, ``"38:"``,
+Python slice syntax over the ``data`` list) selects whole articles, so a train/held-out split made
+from one file never shares a paragraph between its parts.
+
+The metric transcribes ``evaluate-v1.1.py`` (``evaluate.load("squad")`` downloads that script at run
+time, so it cannot be used offline): answers are normalised by lower-casing, removing punctuation,
+removing the articles a/an/the and collapsing whitespace; exact match and bag-of-tokens F1 take the
+best over the gold answers and are averaged over questions, times 100.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+QA_COLUMNS = ("id", "question", "context", "answers")
+_SPLIT_RANGE = re.compile(r"^(?P<name>.+?)\[(?P<range>-?\d*:-?\d*)\]$")
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+def parse_article_range(articles: str | None) -> slice:
+    """``"0:38"`` -> ``slice(0, 38)``; ``"38:"`` -> ``slice(38, None)``; ``None`` or ``":"`` -> everything."""
+    if articles is None:
+        return slice(None)
+    parts = str(articles).split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, stop = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise ValueError(f"articles={articles!r} is not a range; write START:STOP, e.g. '0:38' or '38:'") from None
+    return slice(start, stop)
+
+
+def split_file_and_articles(name: str) -> tuple[str, str | None]:
+    """A split name ``"dev-v1.1.json[0:38]"`` -> ``("dev-v1.1.json", "0:38")``; no brackets -> ``(name, None)``."""
+    match = _SPLIT_RANGE.match(name)
+    return (match["name"], match["range"]) if match else (name, None)
+
+
+def read_squad_json(path: str | os.PathLike, articles: str | None = None) -> datasets.Dataset:
+    """The questions of a SQuAD v1.1/v2.0-style JSON file in the standard QA columns (+ ``title``).
+
+    Args:
+        path: the JSON file (``{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``).
+        articles: an article range (``"0:38"``, ``"38:"``) selecting whole articles; ``None``: all.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"SQuAD file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("data"), list):
+        raise ValueError(f"{str(path)!r} is not SQuAD JSON: expected an object with a 'data' list of articles")
+    columns: dict[str, list[Any]] = {name: [] for name in (*QA_COLUMNS, "title")}
+    for article in raw["data"][parse_article_range(articles)]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                columns["id"].append(str(qa["id"]))
+                columns["question"].append(qa["question"])
+                columns["context"].append(paragraph["context"])
+                columns["answers"].append({"text": [a["text"] for a in qa["answers"]],
+                                           "answer_start": [int(a["answer_start"]) for a in qa["answers"]]})
+                columns["title"].append(article.get("title", ""))
+    return datasets.Dataset.from_dict(columns)
+
+
+def squad_columns(ds: datasets.Dataset, where: str = "dataset") -> datasets.Dataset:
+    """The standard QA columns of a hub or JSONL dataset already in SQuAD's flat form.
+
+    ``id`` is made from the row number when absent; ``answers`` may also be a list of
+    ``{"text", "answer_start"}`` objects (it is turned into the dict-of-lists form).
+    """
+    missing = [c for c in ("question", "context", "answers") if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{where}: QA columns {missing} not found; available columns: {ds.column_names} "
+                         f"(expected {list(QA_COLUMNS)})")
+    if "id" not in ds.column_names:
+        ds = ds.add_column("id", [str(i) for i in range(len(ds))])
+    ds = ds.select_columns(list(QA_COLUMNS))
+    return ds.map(_standard_answers, fn_kwargs={"where": where}, with_indices=True)
+
+
+def _standard_answers(row: dict[str, Any], index: int, where: str) -> dict[str, Any]:
+    answers = row["answers"]
+    if isinstance(answers, list):  # [{"text": ..., "answer_start": ...}, ...]
+        answers = {"text": [a["text"] for a in answers], "answer_start": [a["answer_start"] for a in answers]}
+    if not isinstance(answers, Mapping) or len(answers.get("text") or ()) != len(answers.get("answer_start") or ()):
+        raise ValueError(f"{where}, row {index}: answers={row['answers']!r} must hold equally long 'text' and "
+                         "'answer_start' lists")
+    return {"id": str(row["id"]), "answers": {"text": list(answers["text"]),
+                                              "answer_start": [int(s) for s in answers["answer_start"]]}}
+
+
+# ---- the official metric ---------------------------------------------------------------------------
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation, drop the articles a/an/the, collapse whitespace (official order)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1(prediction: str, gold: str) -> float:
+    """Bag-of-tokens F1 between the normalised prediction and gold answer (0 when nothing overlaps)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Mapping[str, str], golds: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """``{"exact_match", "f1"}`` in percent over every question of ``golds``.
+
+    ``predictions``: question id -> predicted text; ``golds``: question id -> its gold answer texts.
+    A question without a prediction scores 0 (as the official script does).
+    """
+    if not golds:
+        raise ValueError("no gold answers to score")
+    em = f = 0.0
+    for qid, answers in golds.items():
+        answers = list(answers) or [""]  # SQuAD 2.0 style: no answer is the empty answer
+        if qid in predictions:
+            em += max(exact_match(predictions[qid], a) for a in answers)
+            f += max(f1(predictions[qid], a) for a in answers)
+    return {"exact_match": 100.0 * em / len(golds), "f1": 100.0 * f / len(golds)}
