@@ -26,6 +26,13 @@ def attention(x, q_lin, k_lin, v_lin, heads, ext_mask):
     return ctx.permute(0, 2, 1, 3).reshape(b, t, d)
 
 
+def qkv_projections(attn):
+    """Our fused ``qkv`` Linear(d_s, 3·d_s) as the reference's three Linear(d_s, d_s): rows Q, K, V."""
+    d = attn.qkv.out_features // 3
+    w, b = attn.qkv.weight, attn.qkv.bias
+    return [lambda x, i=i: F.linear(x, w[i * d:(i + 1) * d], b[i * d:(i + 1) * d]) for i in range(3)]
+
+
 def layer_norm(x, ln):
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
@@ -44,7 +51,7 @@ def reference_forward(model, task, batch, lhuc: bool):
         intermediate = F.gelu(layer.intermediate.dense(attention_output))
         ffn = layer.output.dense(intermediate)
         a = pal.inner[str(depth)]
-        extra = F.gelu(pal.up(attention(pal.down(h), a.query, a.key, a.value, 6, ext)))  # TS(h_l)
+        extra = F.gelu(pal.up(attention(pal.down(h), *qkv_projections(a), 6, ext)))  # TS(h_l)
         if lhuc:
             extra = extra * 2.0 * torch.sigmoid(task.lhuc.theta[str(depth)])
         h = layer_norm(ffn + attention_output + extra, layer.output.LayerNorm)

@@ -12,8 +12,13 @@ ACTIVATIONS = {
     "gelu": F.gelu,  # erf GELU, as in the reference code
     "relu": F.relu,
     "tanh": torch.tanh,
-    "identity": lambda x: x,
+    "identity": None,  # no op at all: every aten op is a dispatch (a kernel launch on a GPU)
 }
+
+
+def apply_activation(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)``, or ``x`` itself when ``fn`` is None (the identity costs no op)."""
+    return x if fn is None else fn(x)
 
 
 def init_linear(layer: nn.Linear, std: float, zero: bool = False) -> nn.Linear:
@@ -37,8 +42,11 @@ def down_up(d_model: int, d_small: int, config: AdapterConfig) -> tuple[nn.Linea
 class ProjectedSelfAttention(nn.Module):
     """Multi-head self-attention inside d_s, with no output projection (the 'A' of a PAL).
 
-    ``(B, T, d_s) -> (B, T, d_s)``. Q, K, V are ``Linear(d_s, d_s)`` with bias; scores are scaled
-    by ``1/sqrt(d_s/heads)``, padding keys are masked, dropout acts on the probabilities.
+    ``(B, T, d_s) -> (B, T, d_s)``. Q, K and V come from ONE ``Linear(d_s, 3·d_s)`` named ``qkv``
+    (rows ``[0, d_s)`` are Q, ``[d_s, 2·d_s)`` K, ``[2·d_s, 3·d_s)`` V, each with bias); scores are
+    scaled by ``1/sqrt(d_s/heads)``, padding keys are masked, dropout acts on the probabilities.
+    The forward is five aten ops in the common case (linear, as_strided, unbind, SDPA, as_strided):
+    on a GPU at small batches every op is a kernel launch or a dispatch, so the count sets the cost.
     """
 
     def __init__(self, d_small: int, num_heads: int, dropout: float, init_std: float):
@@ -47,18 +55,40 @@ class ProjectedSelfAttention(nn.Module):
             raise ValueError(f"hidden_size={d_small} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.dropout = dropout
-        self.query = init_linear(nn.Linear(d_small, d_small), init_std)
-        self.key = init_linear(nn.Linear(d_small, d_small), init_std)
-        self.value = init_linear(nn.Linear(d_small, d_small), init_std)
+        self.qkv = init_linear(nn.Linear(d_small, 3 * d_small), init_std)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape  # (B, T, d_s) -> (B, heads, T, d_s / heads)
-        return x.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
+    def _split_heads(self, qkv: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, T, 3·d_s)`` -> q, k, v views of ``(B, heads, T, d_s/heads)`` (two ops, no copy)."""
+        b, t, three_d = qkv.shape
+        d, hd = three_d // 3, three_d // 3 // self.num_heads
+        if not qkv.is_contiguous():  # a linear's output always is; anything else is made so
+            qkv = qkv.contiguous()
+        # The same view as .unflatten(-1, (3, heads, hd)).permute(2, 0, 3, 1, 4), in one op.
+        return qkv.as_strided((3, b, self.num_heads, t, hd), (d, t * three_d, hd, three_d, 1)).unbind(0)
+
+    @staticmethod
+    def _merge_heads(ctx: torch.Tensor) -> torch.Tensor:
+        """``(B, heads, T, hd) -> (B, T, heads·hd)``: a view when SDPA wrote heads next to each
+        other in memory (its CPU flash kernel and the GPU kernels do), else transpose + copy."""
+        b, h, t, hd = ctx.shape
+        if ctx.stride(3) == 1 and ctx.stride(1) == hd and ctx.stride(2) == h * hd:
+            return ctx.as_strided((b, t, h * hd), (ctx.stride(0), h * hd, 1))
+        return ctx.transpose(1, 2).reshape(b, t, h * hd)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """``keep``: ``(B, 1, 1, T)`` bool, True where a key may be attended, or None."""
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        q, k, v = self._split_heads(self.qkv(x))
         p = self.dropout if self.training else 0.0
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)
-        b, _, t, _ = ctx.shape
-        return ctx.transpose(1, 2).reshape(b, t, -1)
+        return self._merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p))
+
+
+def fuse_legacy_qkv(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a state dict saved before Q/K/V were fused (``...query|key|value.weight|bias``) to the
+    current names (``...qkv.weight|bias``, rows Q then K then V). Other entries pass unchanged."""
+    out = dict(tensors)
+    for name in tensors:
+        stem, sep, leaf = name.rpartition(".query.")
+        parts = [f"{stem}.{p}.{leaf}" for p in ("query", "key", "value")]
+        if sep and all(p in out for p in parts):
+            out[f"{stem}.qkv.{leaf}"] = torch.cat([out.pop(p) for p in parts])
+    return out

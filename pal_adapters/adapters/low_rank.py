@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import AdapterConfig
-from .common import ACTIVATIONS, down_up
+from .common import ACTIVATIONS, apply_activation, down_up
 
 
 class LowRank(nn.Module):
@@ -24,4 +24,4 @@ class LowRank(nn.Module):
     def forward(self, h: torch.Tensor, depth: int, keep: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, T, d_m) -> (B, T, d_m)``; ``keep`` is unused (no attention)."""
         k = str(depth)
-        return self._out_act(self.up[k](self._act(self.down[k](h))))
+        return apply_activation(self._out_act, self.up[k](apply_activation(self._act, self.down[k](h))))

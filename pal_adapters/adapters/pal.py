@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import AdapterConfig
-from .common import ACTIVATIONS, ProjectedSelfAttention, down_up, init_linear
+from .common import ACTIVATIONS, ProjectedSelfAttention, apply_activation, down_up, init_linear
 
 
 class SharedProjection(nn.Module):
@@ -30,7 +30,7 @@ class SharedProjection(nn.Module):
 
     def forward(self, h: torch.Tensor, depth: int, keep: torch.Tensor | None) -> torch.Tensor:
         """``(B, T, d_m) -> (B, T, d_m)``: the task-specific function at ``depth``."""
-        return self._out_act(self.up(self._g(depth, self.down(h), keep)))
+        return apply_activation(self._out_act, self.up(self._g(depth, self.down(h), keep)))
 
 
 class PAL(SharedProjection):
@@ -59,8 +59,10 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        drop = self.training and self.dropout.p > 0  # in eval, dropout is a no-op: skip its op
         for layer in self.layers:
-            x = self.dropout(self._act(layer(x)))
+            x = apply_activation(self._act, layer(x))
+            x = self.dropout(x) if drop else x
         return x
 
 
