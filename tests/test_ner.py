@@ -18,7 +18,7 @@ from pal_adapters import TaskConfig, add_pal
 from pal_adapters.model import MultiTaskModel
 from pal_adapters.tasks import IGNORE_INDEX, kind_of
 from pal_adapters.tasks.token_classification import TokenClassificationKind, align_labels, word_predictions
-from pal_adapters.training.conll import map_token_columns, read_conll, read_conll_dataset
+from pal_adapters.training.conll import convert_tags, map_token_columns, read_conll, read_conll_dataset
 
 CONLL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conll2003"
 TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
@@ -95,6 +95,10 @@ def test_label_converter_maps_names_and_ids():
     assert convert(["B-PER", "O", "3"]) == [1, 0, 3]
     with pytest.raises(ValueError, match="B-FOO"):
         convert(["B-FOO"])
+    ds = datasets.Dataset.from_dict({"tokens": [["EU"], ["Peter", "B"]], "tags": [["B-ORG"], ["B-PER", "B-FOO"]]})
+    assert convert_tags(ds.select([0]), convert)["tags"] == [[3]]
+    with pytest.raises(ValueError, match="sentence 1: .*B-FOO"):
+        convert_tags(ds, convert)
 
 
 # ---- alignment -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ string per word, e.g. ``B-PER``). Class ids are decided later, by the task's lab
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import datasets
 
 Columns = dict[str, list[Any]]
 DOCSTART = "-DOCSTART-"
+_STRINGS = datasets.Sequence(datasets.Value("string"))
 
 
 def read_conll(path: str | os.PathLike, tag_column: int = -1, token_column: int = 0) -> Columns:
@@ -93,9 +95,9 @@ def map_token_columns(ds: datasets.Dataset, tokens_column: str = "tokens", tags_
             raise ValueError(f"{where}: column {column!r} not found; available columns: {ds.column_names}")
     names = _class_label_names(ds.features[tags_column])
     ds = ds.select_columns([tokens_column, tags_column])
-    strings = datasets.Sequence(datasets.Value("string"))  # explicit: map would keep int tags as ints
+    # Explicit features: map would otherwise keep integer tags as integers.
     return ds.map(_to_tag_strings, batched=True, with_indices=True, remove_columns=ds.column_names,
-                  features=datasets.Features({"tokens": strings, "tags": strings}),
+                  features=datasets.Features({"tokens": _STRINGS, "tags": _STRINGS}),
                   fn_kwargs={"tokens_column": tokens_column, "tags_column": tags_column, "names": names,
                              "where": where})
 
@@ -122,3 +124,23 @@ def _tag_name(tag: Any, names: tuple[str, ...] | None) -> str:
     if names is not None and isinstance(tag, int) and 0 <= tag < len(names):
         return names[tag]
     return str(tag)
+
+
+def convert_tags(ds: datasets.Dataset, convert: Callable[[list[str]], list[int]],
+                 where: str = "dataset") -> datasets.Dataset:
+    """``tags`` (strings) -> class ids with ``convert`` (a task kind's label converter, one sentence
+    at a time); an unknown tag raises an error naming the row."""
+    ids = datasets.Features({"tokens": _STRINGS, "tags": datasets.Sequence(datasets.Value("int64"))})
+    return ds.map(_convert_rows, batched=True, with_indices=True, features=ids,
+                  fn_kwargs={"convert": convert, "where": where})
+
+
+def _convert_rows(batch: Columns, indices: list[int], convert: Callable[[list[str]], list[int]],
+                  where: str) -> Columns:
+    tags = []
+    for index, row in zip(indices, batch["tags"], strict=True):
+        try:
+            tags.append(convert(row))
+        except ValueError as e:
+            raise ValueError(f"{where}, sentence {index}: {e}") from None
+    return {"tokens": batch["tokens"], "tags": tags}
