@@ -1,0 +1,88 @@
+"""The GLUE accuracy table, summary JSON and plot, from the cached per-configuration results."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common import format_table, write_json
+
+COLUMNS = (("cola", "CoLA mcc"), ("sst2", "SST-2 acc"), ("mrpc", "MRPC F1/acc"), ("stsb", "STS-B P/S"),
+           ("rte", "RTE acc"))
+
+
+def task_score(metrics: dict[str, float]) -> float:
+    """A task's GLUE score: the mean of its metrics (NaN counts as 0), x100."""
+    values = [0.0 if math.isnan(v) else v for v in metrics.values()]
+    return 100 * sum(values) / len(values)
+
+
+def average(metrics: dict[str, dict[str, float]]) -> float:
+    return sum(task_score(m) for m in metrics.values()) / len(metrics)
+
+
+def _cell(metrics: dict[str, dict[str, float]], task: str) -> str:
+    if task not in metrics:
+        return "-"
+    return "/".join(f"{100 * v:.1f}" for v in metrics[task].values())
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    header = ["config", "params", *(c for _, c in COLUMNS), "avg final", "avg best", "minutes"]
+    rows = []
+    for r in results:
+        rows.append([r["name"], f"{r['parameter_multiple']:.2f}x", *(_cell(r["final"], t) for t, _ in COLUMNS),
+                     f"{average(r['final']):.1f}", f"{average(r['best']):.1f}", f"{r['wall_s'] / 60:.1f}"])
+    return format_table(header, rows)
+
+
+def load(out_dir: Path) -> list[dict[str, Any]]:
+    results = []
+    for path in sorted(out_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        r["name"] = path.stem
+        results.append(r)
+    return results
+
+
+def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(results) + 2), 4.5))
+    x = range(len(results))
+    ax.bar(x, [average(r["final"]) for r in results], color="#9db4d0", label="average (final)")
+    ax.scatter(x, [average(r["best"]) for r in results], marker="_", s=300, color="black",
+               label="average (best on dev, optimistic)", zorder=3)
+    markers = dict(zip([t for t, _ in COLUMNS], "o^sDv", strict=True))
+    for task, marker in markers.items():
+        pts = [(i, task_score(r["final"][task])) for i, r in enumerate(results) if task in r["final"]]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), marker=marker, s=28, label=task, zorder=4)
+    ax.set_xticks(list(x), [r["name"].replace("__", "\n") for r in results], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("dev score (x100)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(out_dir: Path, profile: str, metadata: dict[str, Any]) -> None:
+    """Print the table of every cached configuration of ``profile``; write its JSON and PNG."""
+    results = load(out_dir)
+    if not results:
+        print(f"no cached results in {out_dir}")
+        return
+    text = table(results)
+    print(f"\nGLUE dev, profile {profile} (final metrics; 'avg best' picks the best evaluation on dev itself)\n"
+          + text)
+    summary = {**metadata, "profile": profile, "table": text.splitlines(),
+               "results": {r["name"]: {k: r[k] for k in ("label", "final", "best", "parameter_multiple", "wall_s",
+                                                        "budget", "overrides")} for r in results}}
+    write_json(out_dir.parent / f"{profile}.json", summary)
+    plot(results, out_dir.parent / f"{profile}.png", f"GLUE dev (MiniLM), profile {profile}")

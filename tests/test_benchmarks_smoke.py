@@ -1,0 +1,48 @@
+"""Every benchmark script runs end to end in its tiny mode (no timing is asserted).
+
+One row per script: (script, arguments, check). Each script writes into a temporary results
+folder given by ``--results-dir``; ``check(results_dir)`` asserts on what it wrote. Add a row for
+a new script (helpers: keep each row a few seconds; use the script's tiny or smoke mode).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def check_glue_accuracy(results: Path) -> None:
+    summary = json.loads((results / "smoke.json").read_text())
+    assert (results / "smoke.png").stat().st_size > 0
+    assert set(summary["results"]) == {"a_single_ft__tasks=rte+stsb", "c_pal__tasks=rte+stsb",
+                                       "e_lora_frozen__tasks=rte+stsb"}
+    for name, r in summary["results"].items():
+        assert set(r["final"]) == {"rte", "stsb"}, name
+        assert 0.0 <= r["final"]["rte"]["accuracy"] <= 1.0
+        assert set(r["final"]["stsb"]) == {"pearson", "spearman"}
+        assert all(math.isfinite(v) or math.isnan(v) for v in r["best"]["stsb"].values())
+    multiples = {n.split("__")[0]: r["parameter_multiple"] for n, r in summary["results"].items()}
+    assert multiples["a_single_ft"] > 2.0 > multiples["c_pal"] > 1.0  # two tuned copies vs one shared
+
+
+SCRIPTS = [
+    ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen"],
+     check_glue_accuracy),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "check"), SCRIPTS, ids=[s[0] for s in SCRIPTS])
+def test_benchmark_script_runs_in_its_tiny_mode(script, args, check, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--results-dir", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check(tmp_path)
