@@ -27,7 +27,9 @@ CONTEXT = " ".join(WORDS[:12])  # twelve one-token words
 def tokenizer(tmp_path_factory) -> BertTokenizerFast:
     vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab))
+    tokenizer = BertTokenizerFast(vocab=str(vocab))  # transformers 5 ignores vocab_file=
+    assert len(tokenizer) == 5 + len(WORDS)
+    return tokenizer
 
 
 def char_span(text: str, phrase: str) -> tuple[int, int]:
@@ -248,7 +250,7 @@ def test_finish_scores_questions_not_windows(tokenizer):
     outputs = [kind.batch_outputs(logits[sl], {k: w[k][sl] for k in w}) for sl in (slice(0, half), slice(half, None))]
     preds, golds = kind.finish(outputs)
     assert preds == {"a": "golf hotel", "b": "kilo"} and golds == {"a": ["golf hotel"], "b": ["lima"]}
-    assert kind.score(["exact_match", "f1"], preds, golds) == {"exact_match": 50.0, "f1": 50.0}
+    assert kind.score(["exact_match", "f1"], preds, golds) == {"exact_match": 0.5, "f1": 0.5}  # fractions
 
 
 def test_loss_is_mean_start_end_cross_entropy_and_checks_labels():
@@ -290,3 +292,78 @@ def test_a_long_question_gets_a_smaller_stride_and_a_too_long_one_an_error(token
     assert all(len(ids) <= 12 for ids in w["input_ids"])
     with pytest.raises(ValueError, match="leaves 1 of max_length=9"):
         make_windows(qa_batch("who is what is where", CONTEXT, None), tokenizer, max_length=9, doc_stride=2)
+
+
+# ---- from a run file: squad_json and JSONL sources, train, eval, predict ---------------------------
+def write_word_squad(path: Path, articles: int = 4, seed: int = 0) -> Path:
+    """Contexts of random words; each question is a word, its answer that word's first occurrence."""
+    rng = np.random.default_rng(seed)
+    data = []
+    for a in range(articles):
+        context = " ".join(rng.choice(WORDS[:12], 16))
+        qas = [{"id": f"{a}-{q}", "question": f"who {w}",
+                "answers": [{"text": w, "answer_start": (" " + context + " ").index(f" {w} ")}]}
+               for q, w in enumerate(dict.fromkeys(context.split()))]
+        data.append({"title": f"T{a}", "paragraphs": [{"context": context, "qas": qas}]})
+    path.write_text(json.dumps({"data": data, "version": "1.1"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def qa_run(tmp_path_factory, tokenizer):
+    import yaml
+
+    from pal_adapters.cli import main
+
+    root = tmp_path_factory.mktemp("qa_run")
+    tiny_model("bert", vocab_size=len(tokenizer)).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    write_word_squad(root / "squad.json")
+    task = {"type": "extractive_qa", "max_length": 16, "options": {"doc_stride": 4},
+            "data": {"kind": "squad_json", "path": str(root), "train": "squad.json[0:3]", "dev": "squad.json[3:]"}}
+    run_file = root / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"model": str(root / "base"), "adapter": "pal", "tasks": {"qa": task},
+                                        "training": {"batch_size": 8, "lr": 1e-3, "eval_every": 2}}))
+    assert main(["train", str(run_file), "--output-dir", str(root / "out"), "--max-steps", "2"]) == 0
+    return root
+
+
+def test_squad_json_and_jsonl_sources_read_the_same_rows(qa_run):
+    from pal_adapters.training.readers import load_split
+    from pal_adapters.training.taskdefs import load_task_defs
+
+    rows = read_squad_json(qa_run / "squad.json", "3:")
+    (qa_run / "jsonl").mkdir(exist_ok=True)
+    (qa_run / "jsonl" / "dev.jsonl").write_text("\n".join(
+        json.dumps({"qid": r["id"], "q": r["question"], "passage": r["context"],
+                    "gold": [{"text": t, "answer_start": s} for t, s in zip(*r["answers"].values(), strict=True)]})
+        for r in rows) + "\n")
+    defs = load_task_defs({"tasks": {
+        "a": {"type": "extractive_qa", "data": {"kind": "squad_json", "path": str(qa_run), "dev": "squad.json[3:]"}},
+        "b": {"type": "extractive_qa", "data": {"kind": "jsonl", "path": str(qa_run / "jsonl"),
+                                                "text_columns": ["q", "passage"], "label_column": "gold"}}}})
+    a, b = load_split(defs["a"], "dev"), load_split(defs["b"], "dev")
+    assert defs["a"].metrics == ("exact_match", "f1")
+    assert a.select_columns(["question", "context", "answers"]).to_list() == b.remove_columns("id").to_list()
+
+
+def test_train_reports_exact_match_and_f1_and_predict_prints_the_span(qa_run, capsys):
+    from pal_adapters import MultiTaskModel
+    from pal_adapters.cli import main
+    from pal_adapters.training.report import read_jsonl
+
+    evals = [r for r in read_jsonl(qa_run / "out" / "log.jsonl") if r["kind"] == "eval"]
+    assert set(evals[-1]["metrics"]["qa"]) == {"exact_match", "f1"}
+    question, context = "who golf", "india golf hotel kilo"
+    assert main(["predict", str(qa_run / "out" / "last"), "--task", "qa", "--question", question,
+                 "--context", context]) == 0
+    line = json.loads(capsys.readouterr().out)
+    got = line["predictions"]["qa"]
+    assert context[got["start"]:got["end"]] == got["answer"] != ""
+    model = MultiTaskModel.from_pretrained(qa_run / "out" / "last",
+                                           backbone=tiny_model("bert", vocab_size=len(WORDS) + 5)).eval()
+    inputs, windows = model.heads["qa"].kind.encode_for_predict([{"question": question, "context": context}],
+                                                                BertTokenizerFast.from_pretrained(qa_run / "base"), 128)
+    with torch.no_grad():
+        want = model.heads["qa"].kind.describe(model(**inputs, task="qa").logits, windows)[0]
+    assert got == pytest.approx(want, abs=1e-5)

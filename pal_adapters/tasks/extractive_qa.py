@@ -8,7 +8,9 @@ example's gold ``answers`` texts, so evaluation needs nothing but the dev batche
 Evaluation is per *question*, not per window: ``batch_outputs`` keeps each window's start/end
 logits with its offsets; ``finish`` picks every question's best span over all of its windows
 (n-best start/end pairs, ``max_answer_length``) and returns ``({id: predicted text},
-{id: [gold texts]})``, which the official SQuAD exact match and F1 (``squad.squad_scores``) read.
+{id: [gold texts]})``, which the official SQuAD exact match and F1 (``squad.squad_scores``) read;
+the kind's ``exact_match``/``f1`` metrics are those percentages / 100 (fractions, like every other
+metric here).
 
 Options (a task definition's ``options:``): ``doc_stride`` (tokens shared by consecutive windows,
 128), ``n_best`` (start and end candidates per window, 20), ``max_answer_length`` (tokens, 30).
@@ -29,12 +31,15 @@ from .base import TaskKind, require_integer, require_shape, require_tensor
 from .qa_windows import best_spans, make_windows
 
 
+# The kind reports fractions (0..1) like every other metric of the library, so the PALs rule of
+# choosing the checkpoint by the sum of dev metrics weighs QA like the other tasks; the official
+# script's percentages are ``squad_scores`` itself (and what the benchmarks print).
 def _exact_match(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> float:
-    return squad_scores(predictions, references)["exact_match"]
+    return squad_scores(predictions, references)["exact_match"] / 100
 
 
 def _f1(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> float:
-    return squad_scores(predictions, references)["f1"]
+    return squad_scores(predictions, references)["f1"] / 100
 
 
 class ExtractiveQAKind(TaskKind):

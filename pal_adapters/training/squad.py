@@ -79,6 +79,28 @@ def read_squad_json(path: str | os.PathLike, articles: str | None = None) -> dat
     return datasets.Dataset.from_dict(columns)
 
 
+def read_squad_split(folder: str | os.PathLike, name: str) -> datasets.Dataset:
+    """A ``squad_json`` data source's split: ``name`` is a file in ``folder`` (``.json`` added when it
+    does not end so), optionally with an article range, e.g. ``"dev-v1.1.json[0:38]"``."""
+    file, articles = split_file_and_articles(name)
+    return read_squad_json(Path(folder) / (file if file.endswith(".json") else file + ".json"), articles)
+
+
+def qa_columns(ds: datasets.Dataset, text_columns: Sequence[str], answers_column: str,
+               where: str = "dataset") -> datasets.Dataset:
+    """A JSONL or hub dataset's ``(question, context)`` columns and answers column -> the standard QA
+    columns (``id`` kept if present)."""
+    if len(text_columns) != 2:
+        raise ValueError(f"{where}: text_columns={list(text_columns)!r} must name the question and the context "
+                         "columns of a QA task")
+    names = {text_columns[0]: "question", text_columns[1]: "context", answers_column: "answers"}
+    missing = [c for c in names if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{where}: columns {missing} not found; available columns: {ds.column_names}")
+    ds = ds.select_columns([c for c in ds.column_names if c in names or c == "id"])
+    return squad_columns(ds.rename_columns({k: v for k, v in names.items() if k != v}), where)
+
+
 def squad_columns(ds: datasets.Dataset, where: str = "dataset") -> datasets.Dataset:
     """The standard QA columns of a hub or JSONL dataset already in SQuAD's flat form.
 
