@@ -1,23 +1,17 @@
 """Placing adapters inside an encoder with forward hooks, leaving its modules and weights untouched.
 
-Per layer, one ``LayerSite`` owns four hooks:
-- before the layer: settle its depth (from the call order where one module serves many depths);
-- before the layer's first submodule: remember the layer input ``h_l`` (parallel adapters read it);
-- before the layer's last norm (post-LN only): add ``TS(h_l)`` to the residual sum it receives
-  (parallel placement, the reference code's ``self.output(intermediate, attention_output + TS)``);
-- after the layer: serial adapters ``h + TS(h)``, LHUC alone ``h · 2σ(θ)``, and parallel adapters
-  of pre-LN layers, whose output is the residual sum.
-Hooks survive ``train()/eval()``, ``.to()``, gradient checkpointing and ``torch.compile``. Under
-checkpointing (transformers 5 checkpoints a layer's ``forward``) the layer's own hooks run once and
-the submodule hooks run again in the backward recompute, which is why the input is read at a
-submodule; the routing is read again then too, so a forward's backward must come before the
-next forward changes the routing (the usual training loop). The backbone's state dict keeps its
-own key names and the adapters appear under the single prefix ``pal_adapters.``.
+``AdapterBank`` holds every task's adapters of one encoder and its ``Router``; the hooks that run
+them are in sites.py. Hooks survive ``train()/eval()``, ``.to()``, gradient checkpointing and
+``torch.compile``. The backbone's state dict keeps its own key names and the adapters appear under
+the single prefix ``pal_adapters.``.
+
+Which task acts is chosen per call (routing.py): ``use_task`` for the calls of one thread or
+asyncio task, ``set_task`` as the model-wide default for calls that choose nothing. Adding or
+removing tasks, attaching and detaching change the model itself: do them while no forward runs.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,10 +22,15 @@ from torch import nn
 from .adapters import TaskAdapter
 from .config import AdapterConfig, resolve_adapter_config
 from .layouts import Layout, ResolvedLayout, resolve_layout
-from .routing import ALL_ROWS, Router, Segment
+from .routing import ALL_ROWS, Router, Routing
+from .sites import EncoderHooks, LayerSite, unbind_checkpointing
 
 ATTRIBUTE = "pal_adapters"  # the module name, hence the parameter-name prefix, of every adapter
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+# Saved tasks are folders named after the task (tasks/<name>/): well inside the 255-byte file-name
+# limit of common file systems, with room for the temporary names of atomic writes.
+MAX_TASK_NAME = 128
+_NOT_REPLICA = object()
 
 
 class AdapterBank(nn.ModuleDict):
@@ -44,6 +43,7 @@ class AdapterBank(nn.ModuleDict):
         self.d_model = int(base.config.hidden_size)
         self._base_ref = [base]  # a list keeps the encoder out of this module's children
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._replica_routing = _NOT_REPLICA
         self.train(base.training)
 
     @property
@@ -57,10 +57,7 @@ class AdapterBank(nn.ModuleDict):
     # ---- tasks ----------------------------------------------------------------------------
     def add_task(self, name: str, config: AdapterConfig | str | dict | None = None) -> TaskAdapter:
         """Create ``name``'s adapters (identity at initialisation) on the encoder's device/dtype."""
-        if not isinstance(name, str) or not _TASK_NAME.match(name):
-            raise ValueError(f"task name {name!r} must be a non-empty identifier (letters, digits, _ and -)")
-        if name in self:
-            raise ValueError(f"task {name!r} already has adapters; remove_task({name!r}) first")
+        self.check_new_name(name)
         adapter = TaskAdapter(resolve_adapter_config(config), self.d_model, self.num_depths)
         ref = next((p for p in self._base_ref[0].parameters() if p.is_floating_point()), None)
         if ref is not None:
@@ -69,9 +66,22 @@ class AdapterBank(nn.ModuleDict):
         self[name] = adapter
         return adapter
 
+    def check_new_name(self, name: str) -> None:
+        """A task name is an identifier, a folder name when saved, and a key of this ModuleDict."""
+        if not isinstance(name, str) or not _TASK_NAME.match(name):
+            raise ValueError(f"task name {name!r} must be a non-empty identifier (letters, digits, _ and -)")
+        if len(name) > MAX_TASK_NAME:
+            raise ValueError(f"task name {name[:24]!r}... has {len(name)} characters; saved tasks are folders named "
+                             f"after their task, so a name has at most {MAX_TASK_NAME}")
+        if name in self:
+            raise ValueError(f"task {name!r} already has adapters; remove_task({name!r}) first")
+        if hasattr(self, name):  # nn.ModuleDict would refuse it, or shadow the attribute
+            raise ValueError(f"task name {name!r} is reserved: it is an attribute of {type(self).__name__} "
+                             "(an nn.ModuleDict; e.g. 'keys', 'forward', 'training', 'router'); choose another name")
+
     def remove_task(self, name: str) -> None:
         self.check_task(name)
-        if name in self._routed_tasks():
+        if name in {s.task for s in self.router.default.segments}:
             self.router.set_task(None)
         del self[name]
 
@@ -79,39 +89,62 @@ class AdapterBank(nn.ModuleDict):
         if name not in self:
             raise KeyError(f"unknown task {name!r}; tasks with adapters: {sorted(self.keys())}")
 
-    def _routed_tasks(self) -> set[str]:
-        return {s.task for s in self.router.segments}
-
     def set_task(self, name: str | None) -> None:
-        """Route every row to ``name``'s adapters; ``None`` runs the bare backbone."""
+        """Route every row to ``name``'s adapters by default, model-wide; ``None`` runs the bare backbone.
+
+        The default applies to every call, in every thread, that chooses no task itself (no
+        ``task=``/``task_ids=``, outside ``use_task``). Set it once (Trainer, pipelines); to serve
+        several tasks concurrently pass ``task=`` or use ``use_task`` per request instead.
+        """
         if name is not None:
             self.check_task(name)
         self.router.set_task(name)
 
     @contextmanager
     def use_task(self, name: str | None) -> Iterator[None]:
-        """``with bank.use_task("sst2"): ...`` for code that cannot pass a task to ``forward``."""
+        """``with bank.use_task("sst2"): ...`` for code that cannot pass a task to ``forward``.
+
+        Local to the calling thread or asyncio task (a ``contextvars`` context): other threads
+        and tasks keep their own routing. Asyncio tasks and ``asyncio.to_thread`` calls started
+        inside the block inherit it; a ``threading.Thread`` started inside it does not (it sees
+        the ``set_task`` default). Blocks nest; the previous routing is restored on exit.
+        """
         if name is not None:
             self.check_task(name)
-        with self.router.routed(() if name is None else (Segment(name, 0, ALL_ROWS),)):
+        with self.router.routed(Routing.one_task(name)):
             yield
 
+    def active_routing(self) -> Routing:
+        """The routing a call from this context gets when it chooses none (see routing.py)."""
+        routing = self.router.context_routing()
+        if routing is not None:
+            return routing
+        return self.router.default if self._replica_routing is _NOT_REPLICA else self._replica_routing
+
+    def _replicate_for_data_parallel(self) -> AdapterBank:
+        # DataParallel replicates in the caller's thread, then runs each replica on a thread of its
+        # own that does not see the caller's context: the replica keeps the caller's routing.
+        replica = super()._replicate_for_data_parallel()
+        replica._replica_routing = self.active_routing()
+        return replica
+
     # ---- what a site computes -------------------------------------------------------------
-    def transform(self, stage: str, x: torch.Tensor, h_in: torch.Tensor | None, depth: int) -> torch.Tensor:
+    def transform(self, stage: str, x: torch.Tensor, h_in: torch.Tensor | None, depth: int, routing: Routing,
+                  keep: torch.Tensor | None) -> torch.Tensor:
         """Apply every routed task's adapters of ``stage`` ("norm" or "output") at ``depth``.
 
         ``x``: ``(B, T, d_m)`` the norm input or the layer output; ``h_in``: ``(B, T, d_m)`` the
-        layer input. Each task acts on its own segment of rows.
+        layer input; ``keep``: ``(B, 1, 1, T)`` padding mask or None. Each task acts on its own
+        segment of rows.
         """
-        segments = self.router.segments
+        segments = routing.segments
         if not segments:
             return x
-        keep = self.router.keep
         if len(segments) == 1 and segments[0].stop == ALL_ROWS:
             return self._apply_task(segments[0].task, stage, x, h_in, depth, keep)
         if not any(depth in self[seg.task].depths for seg in segments):
             return x  # e.g. below the replication point of predict_all
-        self.router.check_batch(x.shape[0])
+        routing.check_batch(x.shape[0])
         parts = []
         for seg in segments:
             rows = seg.rows()
@@ -136,11 +169,13 @@ class AdapterBank(nn.ModuleDict):
     # ---- lifecycle ------------------------------------------------------------------------
     def attach(self) -> None:
         base = self._base_ref[0]
-        self._handles.append(base.register_forward_pre_hook(_MaskCapture(self.router, base), with_kwargs=True))
+        encoder = EncoderHooks(self, base, ATTRIBUTE)
+        self._handles.append(base.register_forward_pre_hook(encoder.before, with_kwargs=True))
+        self._handles.append(base.register_forward_hook(encoder.after, always_call=True))
         depth_fixed = not self.resolved.layout.shared
         for i, layer in enumerate(self.resolved.modules):
-            site = LayerSite(self, i if depth_fixed else None)
-            self._handles.append(layer.register_forward_pre_hook(site.before_layer))
+            site = LayerSite(self, i, i if depth_fixed else None, layer)
+            self._handles.append(layer.register_forward_pre_hook(site.before_layer, with_kwargs=True))
             entry = self.resolved.input_module_of(layer)
             self._handles.append(entry.register_forward_pre_hook(site.capture_input, with_kwargs=True))
             self._handles.append(layer.register_forward_hook(site.after_layer))
@@ -152,60 +187,8 @@ class AdapterBank(nn.ModuleDict):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-
-
-class _MaskCapture:
-    """Encoder pre-hook: hand the 2D padding mask to the router before any layer runs."""
-
-    def __init__(self, router: Router, base: nn.Module):
-        self.router = router
-        self.signature = inspect.signature(base.forward)
-
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask")
-        if mask is None and args:
-            bound = self.signature.bind_partial(*args)
-            mask = bound.arguments.get("attention_mask")
-        self.router.begin_forward(mask)
-
-
-class LayerSite:
-    """The hooks of one layer module. ``depth`` is None when the module serves several depths."""
-
-    def __init__(self, bank: AdapterBank, depth: int | None):
-        self.bank = bank
-        self.depth = depth
-        self._current_depth = -1
-        self._input: torch.Tensor | None = None
-
-    def before_layer(self, module: nn.Module, args: tuple) -> None:
-        self._current_depth = self.depth if self.depth is not None else self.bank.router.next_depth()
-
-    def capture_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._input = args[0] if args else next(iter(kwargs.values()))
-
-    def _replicate(self, x: torch.Tensor) -> torch.Tensor:
-        """``predict_all`` in the first adapted layer: everything up to the layer's last residual sum
-        reads only the shared layer input, so the batch is repeated per task only here."""
-        router = self.bank.router
-        plan = router.replication
-        if plan is None or plan.depth != self._current_depth:
-            return x
-        self._input = plan.repeat(self._input)
-        router.keep = plan.repeat(router.keep)
-        return plan.repeat(x)
-
-    def before_norm(self, module: nn.Module, args: tuple) -> tuple | None:
-        x = self.bank.transform("norm", self._replicate(args[0]), self._input, self._current_depth)
-        return None if x is args[0] else (x, *args[1:])
-
-    def after_layer(self, module: nn.Module, args: tuple, output):
-        h = output[0] if isinstance(output, tuple) else output
-        start = self._replicate(h) if self.bank.pre_ln else h  # pre-LN: the output is the last residual sum
-        new = self.bank.transform("output", start, self._input, self._current_depth)
-        if new is h:
-            return None
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+        for layer in self.resolved.modules:
+            unbind_checkpointing(layer)
 
 
 def inject_adapters(

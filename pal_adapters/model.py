@@ -22,12 +22,13 @@ from . import saving
 from .config import AdapterConfig, TaskConfig, resolve_adapter_config
 from .heads import TaskHead, pool
 from .inject import AdapterBank, get_bank, inject_adapters
+from .inputs import check_inputs, task_index
 from .io import fingerprint
 from .layouts import Layout
 from .merge import merge_lhuc
 from .params import ParameterReport, freeze_backbone, parameter_report
-from .replicate import replicated_from
-from .routing import Segment
+from .replicate import replication_plan
+from .routing import Routing, Segment
 
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
@@ -110,14 +111,22 @@ class MultiTaskModel(nn.Module):
             raise KeyError(f"unknown task {name!r}; this model's tasks: {self.task_names}")
 
     def set_task(self, name: str | None) -> None:
-        """Make ``name`` the task used when ``forward`` gets neither ``task`` nor ``task_ids``."""
+        """Make ``name`` the task used when ``forward`` gets neither ``task`` nor ``task_ids``.
+
+        Model-wide: every thread's calls that choose no task get it (for Trainer, pipelines). To
+        serve several tasks at once pass ``task=`` per call, or use ``use_task`` per thread/request.
+        """
         if name is not None:
             self.check_task(name)
         self.bank.set_task(name)
 
     @contextmanager
     def use_task(self, name: str | None) -> Iterator[None]:
-        """Route calls without ``task=`` to ``name`` inside the block (``None``: bare backbone)."""
+        """Route calls without ``task=`` to ``name`` inside the block (``None``: bare backbone).
+
+        Local to this thread or asyncio task (see ``AdapterBank.use_task``); other threads keep
+        their own routing, and the ``set_task`` default is untouched.
+        """
         if name is not None:
             self.check_task(name)
         with self.bank.use_task(name):
@@ -163,15 +172,16 @@ class MultiTaskModel(nn.Module):
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       **backbone_kwargs)
         inputs = {k: v for k, v in inputs.items() if v is not None}
+        batch_size = check_inputs(self.backbone, inputs)
         if task_ids is not None:
             if task is not None:
                 raise ValueError("pass either task= (one task for the batch) or task_ids= (one per example)")
-            return self._forward_mixed(inputs, labels, self._task_index(task_ids, _batch_size(inputs)))
-        task = task if task is not None else self.bank.router.active
+            return self._forward_mixed(inputs, labels, task_index(task_ids, self.task_names, batch_size))
+        task = task if task is not None else self.bank.active_routing().active
         if not isinstance(task, str):
             raise ValueError(f"no task given: pass task= or task_ids=, or call set_task(); tasks: {self.task_names}")
         self.check_task(task)
-        with self.bank.use_task(task):
+        with self.bank.router.routed(Routing.one_task(task)):
             hidden, pooled = self._encode(inputs)
         logits = self._head(task, hidden, pooled, attention_mask)
         loss = self.heads[task].loss(logits, labels) if labels is not None else None
@@ -187,25 +197,6 @@ class MultiTaskModel(nn.Module):
         features = hidden if head.token_level else pool(hidden, mask, pooled, self.tasks[task].pooling)
         return head(features)
 
-    def _task_index(self, task_ids: Any, batch_size: int) -> torch.Tensor:
-        """``(B,)`` long tensor of indices into ``task_names`` from names or indices."""
-        if isinstance(task_ids, torch.Tensor):
-            ids = task_ids.long().flatten()
-        else:
-            ids = torch.tensor([self._index_of(t) for t in task_ids], dtype=torch.long)
-        if ids.numel() != batch_size:
-            raise ValueError(f"task_ids has {ids.numel()} entries but the batch has {batch_size} examples")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= len(self.tasks)):
-            raise ValueError(f"task_ids must lie in 0..{len(self.tasks) - 1} (tasks: {self.task_names}); "
-                             f"got {sorted(set(ids.tolist()))}")
-        return ids
-
-    def _index_of(self, t: Any) -> int:
-        if isinstance(t, str):
-            self.check_task(t)
-            return self.task_names.index(t)
-        return int(t)
-
     def _forward_mixed(self, inputs: dict[str, Any], labels: Any, ids: torch.Tensor) -> MultiTaskOutput:
         order = torch.sort(ids.cpu(), stable=True).indices  # rows grouped by task, order kept within
         device = _batch_device(inputs)
@@ -218,7 +209,7 @@ class MultiTaskModel(nn.Module):
                 segments.append(Segment(name, start, start + count))
                 rows[name] = order[start:start + count].to(device)
                 start += count
-        with self.bank.router.routed(tuple(segments)):
+        with self.bank.router.routed(Routing(tuple(segments))):
             hidden, pooled = self._encode(inputs)
         return self._mixed_heads(segments, rows, hidden, pooled, inputs.get("attention_mask"), labels)
 
@@ -242,14 +233,19 @@ class MultiTaskModel(nn.Module):
         """Every task's logits for the same inputs. The layers below the lowest adapted depth run
         once; from there the batch is replicated, one copy per task (the paper's top-half saving).
         """
+        if isinstance(tasks, str):
+            raise TypeError(f"tasks={tasks!r} is one string; pass a list of task names")
         tasks = list(tasks) if tasks is not None else self.task_names
+        if not tasks:
+            raise ValueError(f"predict_all needs at least one task; this model's tasks: {self.task_names}")
         for t in tasks:
             self.check_task(t)
         inputs = {k: v for k, v in inputs.items() if v is not None}
-        batch = _batch_size(inputs)
+        batch = check_inputs(self.backbone, inputs)
         first = min(min(self.bank[t].depths) for t in tasks)
         segments = tuple(Segment(t, i * batch, (i + 1) * batch) for i, t in enumerate(tasks))
-        with replicated_from(self.bank, first, len(tasks), batch), self.bank.router.routed(segments):
+        routing = Routing(segments, replication_plan(first, len(tasks), batch))
+        with self.bank.router.routed(routing):
             hidden, pooled = self._encode(inputs)
         mask = inputs.get("attention_mask")
         out = {}
@@ -269,13 +265,6 @@ def inference(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def _batch_size(inputs: dict[str, Any]) -> int:
-    for key in ("input_ids", "inputs_embeds"):
-        if key in inputs:
-            return inputs[key].shape[0]
-    raise ValueError("forward needs input_ids or inputs_embeds")
 
 
 def _batch_device(inputs: dict[str, Any]) -> torch.device:

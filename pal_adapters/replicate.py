@@ -3,26 +3,31 @@
 ``predict_all`` asks for every task's output on the same input. Below the lowest adapted depth
 all tasks compute the same thing, and so does the first adapted layer up to its last residual
 sum: parallel adapters read the layer input, serial and LHUC ones act after it. So the batch is
-repeated ``n`` times inside that layer (the router's ``Replication`` plan, applied by the layer's
-site just before its last norm, or to the output of a pre-LN layer), and the router's segments
+repeated ``n`` times inside that layer (the call's ``Replication`` plan, applied by the layer's
+site just before its last norm, or to the output of a pre-LN layer), and the call's segments
 give copy ``i`` to task ``i``. Layers above get the encoder's own, unrepeated, mask and other
-per-layer arguments, so a pre-hook on each repeats the arguments the layout marks as
+per-layer arguments, so each site's layer pre-hook repeats the arguments the layout marks as
 batch-shaped. Encoders that apply one layer module at every depth (ALBERT) repeat at the input of
-the first layer instead. Cost with PALs in the top half of L layers: L/2 + 1 shared layers, then
-L/2 - 1 layers per task.
+the first adapted depth instead. Cost with PALs in the top half of L layers: L/2 + 1 shared
+layers, then L/2 - 1 layers per task.
+
+The plan travels in the call's ``Routing`` (routing.py), so a ``predict_all`` changes nothing
+that another call, in another thread, could see.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from .inject import AdapterBank
 from .routing import Replication
+
+
+def replication_plan(depth: int, n: int, batch: int) -> Replication | None:
+    """Repeat a batch of ``batch`` rows ``n`` times from layer ``depth``; None when ``n`` is 1."""
+    return None if n == 1 else Replication(depth, n, batch)
 
 
 def _repeat(value: Any, n: int, batch: int) -> Any:
@@ -34,49 +39,28 @@ def _repeat(value: Any, n: int, batch: int) -> Any:
     return value
 
 
-class _Replicator:
-    def __init__(self, bank: AdapterBank, layer: torch.nn.Module, n: int, batch: int):
-        self.bank, self.n, self.batch = bank, n, batch
-        self.signature = inspect.signature(layer.forward)
-        self.batch_args = set(bank.resolved.layout.batch_args)
+class LayerArgs:
+    """Repeats the batch-shaped arguments of one layer module's calls for a replication plan."""
 
-    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict):
+    def __init__(self, layer: torch.nn.Module, batch_args: tuple[str, ...]):
+        self.signature = inspect.signature(layer.forward)
+        self.first = next(iter(self.signature.parameters))
+        self.batch_args = set(batch_args)
+
+    def repeat(self, plan: Replication, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The hidden states (first argument) and the ``batch_args`` repeated ``plan.n`` times."""
         bound = self.signature.bind(*args, **kwargs)
-        first = next(iter(self.signature.parameters))
         for name, param in self.signature.parameters.items():
             if name not in bound.arguments:
                 continue
             value = bound.arguments[name]
             if param.kind is inspect.Parameter.VAR_KEYWORD:
-                bound.arguments[name] = {k: self._maybe(k, v) for k, v in value.items()}
-            elif name == first:  # hidden states: repeated once, at the first replicated layer
-                bound.arguments[name] = _repeat(value, self.n, self.batch)
+                bound.arguments[name] = {k: self._maybe(plan, k, v) for k, v in value.items()}
+            elif name == self.first:  # hidden states: only the first replicated layer sees `batch` rows
+                bound.arguments[name] = _repeat(value, plan.n, plan.batch)
             else:
-                bound.arguments[name] = self._maybe(name, value)
-        router = self.bank.router
-        if router.keep is not None:
-            router.keep = _repeat(router.keep, self.n, self.batch)
+                bound.arguments[name] = self._maybe(plan, name, value)
         return bound.args, bound.kwargs
 
-    def _maybe(self, name: str, value: Any) -> Any:
-        return _repeat(value, self.n, self.batch) if name in self.batch_args else value
-
-
-@contextmanager
-def replicated_from(bank: AdapterBank, depth: int, n: int, batch: int) -> Iterator[None]:
-    """Inside the block, a forward repeats its batch ``n`` times in layer ``depth``."""
-    if n == 1:
-        yield
-        return
-    modules, router = bank.resolved.modules, bank.router
-    shared = bank.resolved.layout.shared
-    later = modules if shared else modules[depth + 1:]  # ALBERT: repeat at the first call instead
-    handles = [layer.register_forward_pre_hook(_Replicator(bank, layer, n, batch), with_kwargs=True, prepend=True)
-               for layer in later]
-    router.replication = None if shared else Replication(depth, n, batch)
-    try:
-        yield
-    finally:
-        router.replication = None
-        for handle in handles:
-            handle.remove()
+    def _maybe(self, plan: Replication, name: str, value: Any) -> Any:
+        return _repeat(value, plan.n, plan.batch) if name in self.batch_args else value

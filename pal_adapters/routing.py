@@ -1,20 +1,31 @@
-"""The router: which task's adapters act on which rows of the batch now.
+"""The router: which task's adapters act on which rows of the batch, private to each call.
 
-The router owns the active routing; layers never receive a task through ``forward``. A routing is
-a tuple of contiguous segments ``(task, start, stop)`` over the batch rows. One task for the whole
-batch is the common case (a single segment covering everything); a mixed-task batch is sorted by
-task by the multi-task model so that each task's rows form one segment, which lets every site
-run each adapter once on a slice (a view) instead of gathering rows.
+A ``Routing`` is a tuple of contiguous segments ``(task, start, stop)`` over the batch rows, plus
+``predict_all``'s replication plan. One task for the whole batch is the common case (a single
+segment covering everything); a mixed-task batch is sorted by task by the multi-task model so that
+each task's rows form one segment, which lets every site run each adapter once on a slice (a view)
+instead of gathering rows. A ``Routing`` is immutable, so contexts that copy it share nothing.
 
-Per forward pass the router also holds what every site needs and no layer passes along: the
-padding mask of the input (PALs attend over the same keys as the backbone) and, for encoders that
-apply one layer module at several depths (ALBERT), a counter of layer calls.
+Where a call finds its routing, first match wins:
+1. the context's routing, a ``contextvars.ContextVar`` set by ``forward(task=...)``,
+   ``forward(task_ids=...)``, ``predict_all`` and ``use_task`` for the duration of the call or
+   block. It is local to the thread or asyncio task (asyncio tasks and ``asyncio.to_thread``
+   start with a copy of their creator's context; a plain ``threading.Thread`` starts empty);
+2. the routing a DataParallel replica was made with (see ``AdapterBank``), since DataParallel
+   runs replicas on threads that do not see the caller's context;
+3. the model-wide default set by ``set_task``, shared by every thread.
+
+Each encoder forward then gets a ``ForwardState`` of its own (in a second ContextVar, set by the
+encoder's pre-hook and reset by its post-hook): the routing, the padding mask (PALs attend over
+the same keys as the backbone), a depth counter for encoders that apply one layer module at
+several depths (ALBERT), and each layer's input. Nothing a forward writes is shared with another.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 import torch
@@ -42,21 +53,23 @@ class Replication:
 
     def repeat(self, x: torch.Tensor | None) -> torch.Tensor | None:
         """Rows repeated ``n`` times along dim 0 when ``x`` still has the original batch size."""
-        if x is None or x.shape[0] != self.batch:
+        if x is None or x.dim() == 0 or x.shape[0] != self.batch:
             return x
         return x.repeat(self.n, *([1] * (x.dim() - 1)))
 
 
-class Router:
-    """Mutable routing state shared by all injection sites of one model."""
+@dataclass(frozen=True)
+class Routing:
+    """The segments of one call and, for ``predict_all``, where the batch is replicated."""
 
-    def __init__(self) -> None:
-        self.segments: tuple[Segment, ...] = ()
-        self.replication: Replication | None = None
-        self.keep: torch.Tensor | None = None  # (B, 1, 1, T) bool, True = a real token
-        self.depth_counter = 0
+    segments: tuple[Segment, ...] = ()
+    replication: Replication | None = None
 
-    # ---- task routing ---------------------------------------------------------------------
+    @classmethod
+    def one_task(cls, task: str | None) -> Routing:
+        """Every row to ``task``'s adapters; ``None``: no adapters act (the bare backbone)."""
+        return BARE if task is None else cls((Segment(task, 0, ALL_ROWS),))
+
     @property
     def active(self) -> str | tuple[str, ...] | None:
         """The task of a one-task routing, the tasks of a mixed one, or None (backbone runs bare)."""
@@ -66,40 +79,121 @@ class Router:
             return self.segments[0].task
         return tuple(s.task for s in self.segments)
 
-    def set_task(self, task: str | None) -> None:
-        """Route the whole batch to ``task`` (``None``: no adapters act)."""
-        self.segments = () if task is None else (Segment(task, 0, ALL_ROWS),)
-
-    @contextmanager
-    def routed(self, segments: tuple[Segment, ...]) -> Iterator[None]:
-        """Use ``segments`` inside the block and restore the previous routing after it."""
-        previous = self.segments
-        self.segments = segments
-        try:
-            yield
-        finally:
-            self.segments = previous
-
     def check_batch(self, batch_size: int) -> None:
         last = self.segments[-1].stop if self.segments else ALL_ROWS
         if last not in (ALL_ROWS, batch_size):
             raise ValueError(f"the routing covers {last} rows but the batch has {batch_size}")
 
-    # ---- per-forward state ----------------------------------------------------------------
-    def begin_forward(self, attention_mask: torch.Tensor | None) -> None:
-        """Called when the encoder starts: remember the padding mask, reset the depth counter."""
+
+BARE = Routing()
+
+
+class ForwardState:
+    """What one encoder forward reads and writes, private to it (its scratch).
+
+    ``keep``: ``(B, 1, 1, T)`` bool padding mask, True = a real token; ``inputs``: the input
+    ``(B, T, d_m)`` of each layer site, by site index; ``depths``: the depth each site of a shared
+    layer module (ALBERT) is computing now.
+    """
+
+    __slots__ = ("bank", "routing", "keep", "depth_counter", "inputs", "depths", "encoder", "token")
+
+    def __init__(self, bank, routing: Routing, keep: torch.Tensor | None, encoder=None):
+        self.bank = bank  # the AdapterBank whose adapters act (a DataParallel replica's own)
+        self.routing = routing
+        self.keep = keep
         self.depth_counter = 0
-        if attention_mask is None:
-            self.keep = None
-            return
-        if attention_mask.dim() != 2:
-            raise ValueError(
-                f"pal_adapters needs the 2D padding mask (batch, seq_len); got attention_mask of shape "
-                f"{tuple(attention_mask.shape)}"
-            )
-        self.keep = attention_mask.bool()[:, None, None, :]
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.depths: dict[int, int] = {}
+        self.encoder = encoder  # the module whose forward opened this state
+        self.token: Token | None = None
 
     def next_depth(self) -> int:
         depth = self.depth_counter
         self.depth_counter += 1
         return depth
+
+
+def padding_keep(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``(B, T)`` padding mask -> ``(B, 1, 1, T)`` bool, the shape attention broadcasts over."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        raise ValueError(
+            f"pal_adapters needs the 2D padding mask (batch, seq_len); got attention_mask of shape "
+            f"{tuple(attention_mask.shape)}"
+        )
+    return attention_mask.bool()[:, None, None, :]
+
+
+class Router:
+    """Where the calls of one model find their routing (see the module docstring for the order)."""
+
+    def __init__(self) -> None:
+        self.default: Routing = BARE  # set_task: model-wide, every thread sees it
+        self._context: ContextVar[Routing | None] = ContextVar(f"pal_adapters_routing_{id(self):x}", default=None)
+        self._forward: ContextVar[ForwardState | None] = ContextVar(f"pal_adapters_forward_{id(self):x}",
+                                                                    default=None)
+
+    # A ContextVar can be neither copied nor pickled: a copied or unpickled model gets its own.
+    def __getstate__(self) -> dict:
+        return {"default": self.default}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.default = state["default"]
+
+    def __deepcopy__(self, memo: dict) -> Router:
+        router = Router()
+        router.default = self.default
+        return router
+
+    # ---- task routing ---------------------------------------------------------------------
+    def context_routing(self) -> Routing | None:
+        """The routing this context chose (``use_task``, a forward in progress), or None."""
+        return self._context.get()
+
+    def current(self) -> Routing:
+        routing = self._context.get()
+        return self.default if routing is None else routing
+
+    @property
+    def active(self) -> str | tuple[str, ...] | None:
+        """The active task(s) that a call from this context would use without choosing its own."""
+        return self.current().active
+
+    def set_task(self, task: str | None) -> None:
+        """Make ``task`` the model-wide default (``None``: no adapters act), for every thread."""
+        self.default = Routing.one_task(task)
+
+    @contextmanager
+    def routed(self, routing: Routing) -> Iterator[None]:
+        """Use ``routing`` for calls from this context inside the block only."""
+        token = self._context.set(routing)
+        try:
+            yield
+        finally:
+            self._context.reset(token)
+
+    # ---- per-forward state ----------------------------------------------------------------
+    def forward_state(self) -> ForwardState | None:
+        """The state of the encoder forward running in this context, or None."""
+        return self._forward.get()
+
+    def open_forward(self, state: ForwardState) -> None:
+        state.token = self._forward.set(state)
+
+    def close_forward(self, encoder) -> None:
+        state = self._forward.get()
+        if state is not None and state.encoder is encoder and state.token is not None:
+            self._forward.reset(state.token)
+            state.token = None
+
+    @contextmanager
+    def replaying(self, state: ForwardState) -> Iterator[None]:
+        """Make ``state`` this context's forward inside the block (a checkpointed layer's recompute)."""
+        token = self._forward.set(state)
+        try:
+            yield
+        finally:
+            self._forward.reset(token)

@@ -1,0 +1,169 @@
+"""The hooks that run adapters inside an encoder, reading only the state of their own forward.
+
+Per layer, one ``LayerSite`` owns four hooks:
+- before the layer: settle its depth (from the call order where one module serves many depths),
+  and, for ``predict_all`` above the replication point, repeat the layer's batch-shaped arguments;
+- before the layer's first submodule: remember the layer input ``h_l`` (parallel adapters read it);
+- before the layer's last norm (post-LN only): add ``TS(h_l)`` to the residual sum it receives
+  (parallel placement, the reference code's ``self.output(intermediate, attention_output + TS)``);
+- after the layer: serial adapters ``h + TS(h)``, LHUC alone ``h · 2σ(θ)``, and parallel adapters
+  of pre-LN layers, whose output is the residual sum.
+The encoder's own pre-hook opens a ``ForwardState`` for the call (routing.py) and its post-hook,
+which runs even when the forward raises, closes it. Every site hook reads that state and writes
+only into it, so concurrent forwards (threads, asyncio tasks) never see each other's routing.
+
+Gradient checkpointing: transformers 5 checkpoints a layer's ``forward`` (the layer's own hooks
+run once, outside; the submodule hooks run again in the backward recompute). The recompute runs
+in ``backward()``, after the forward's state is closed and, on CUDA, on an autograd worker thread
+that does not see the forward's context. So a site wraps its layer's checkpoint function: the
+checkpointed call is bound to the forward's state at forward time and replays under it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+
+import torch
+from torch import nn
+
+from .replicate import LayerArgs
+from .routing import ForwardState, Router, padding_keep
+
+try:  # the base class of layers that transformers checkpoints
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # pragma: no cover - older transformers
+    GradientCheckpointingLayer = ()
+
+
+class EncoderHooks:
+    """Open a ``ForwardState`` when the encoder starts, close it when it returns (or raises)."""
+
+    def __init__(self, bank, base: nn.Module, attribute: str):
+        self.bank, self.router, self.attribute = bank, bank.router, attribute
+        self.signature = inspect.signature(base.forward)
+
+    def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        if mask is None and args:
+            mask = self.signature.bind_partial(*args).arguments.get("attention_mask")
+        keep = padding_keep(mask)
+        # A DataParallel replica of the encoder holds a replica of the bank: its adapters act.
+        bank = module._modules.get(self.attribute)
+        bank = self.bank if bank is None else bank
+        self.router.open_forward(ForwardState(bank, bank.active_routing(), keep, module))
+
+    def after(self, module: nn.Module, args: tuple, output) -> None:
+        self.router.close_forward(module)
+
+
+class LayerSite:
+    """The hooks of one layer module. ``depth`` is None when the module serves several depths."""
+
+    def __init__(self, bank, index: int, depth: int | None, layer: nn.Module):
+        self.router: Router = bank.router
+        self.pre_ln = bank.pre_ln
+        self.index = index
+        self.depth = depth
+        self.layer_args = LayerArgs(layer, bank.resolved.layout.batch_args)
+        self.checkpointable = isinstance(layer, GradientCheckpointingLayer)
+
+    def _state(self) -> ForwardState | None:
+        state = self.router.forward_state()
+        if state is None and torch._C._current_graph_task_id() != -1:
+            raise RuntimeError(
+                "pal_adapters: a layer is being recomputed in backward() without the routing of its forward. "
+                "Checkpoint layers with transformers' gradient checkpointing "
+                "(model.gradient_checkpointing_enable()), which pal_adapters binds to each forward's routing."
+            )
+        return state
+
+    def _depth(self, state: ForwardState) -> int:
+        return self.depth if self.depth is not None else state.depths[self.index]
+
+    def before_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        state = self._state()
+        if state is None:
+            return None
+        if self.depth is None:
+            state.depths[self.index] = state.next_depth()
+        if self.checkpointable and module.gradient_checkpointing:
+            self._bind_checkpointing(module)
+        plan = state.routing.replication
+        if plan is None:
+            return None
+        depth = self._depth(state)
+        if depth > plan.depth or (self.depth is None and depth == plan.depth):
+            state.keep = plan.repeat(state.keep)
+            return self.layer_args.repeat(plan, args, kwargs)
+        return None
+
+    def capture_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        state = self._state()
+        if state is not None:
+            state.inputs[self.index] = args[0] if args else next(iter(kwargs.values()))
+
+    def _replicate(self, state: ForwardState, depth: int, x: torch.Tensor) -> torch.Tensor:
+        """``predict_all`` in the first adapted layer: everything up to the layer's last residual sum
+        reads only the shared layer input, so the batch is repeated per task only here."""
+        plan = state.routing.replication
+        if plan is None or plan.depth != depth or self.depth is None:
+            return x
+        state.inputs[self.index] = plan.repeat(state.inputs.get(self.index))
+        state.keep = plan.repeat(state.keep)
+        return plan.repeat(x)
+
+    def before_norm(self, module: nn.Module, args: tuple) -> tuple | None:
+        state = self._state()
+        if state is None:
+            return None
+        depth = self._depth(state)
+        x = self._replicate(state, depth, args[0])
+        x = state.bank.transform("norm", x, state.inputs.get(self.index), depth, state.routing, state.keep)
+        return None if x is args[0] else (x, *args[1:])
+
+    def after_layer(self, module: nn.Module, args: tuple, output):
+        state = self._state()
+        if state is None:
+            return None
+        depth = self._depth(state)
+        h = output[0] if isinstance(output, tuple) else output
+        start = self._replicate(state, depth, h) if self.pre_ln else h  # pre-LN: the output is the last residual sum
+        new = state.bank.transform("output", start, state.inputs.get(self.index), depth, state.routing, state.keep)
+        if new is h:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    # ---- gradient checkpointing -----------------------------------------------------------
+    def _bind_checkpointing(self, module: nn.Module) -> None:
+        """Wrap the layer's checkpoint function once (again after ``gradient_checkpointing_enable``
+        replaces it). Two threads may both wrap it: either wrapper is correct."""
+        func = module.__dict__.get("_gradient_checkpointing_func")
+        if func is not None and not isinstance(func, RoutedCheckpoint):
+            module._gradient_checkpointing_func = RoutedCheckpoint(func, self)
+
+    def replay(self, state: ForwardState, depth: int | None, function, *args, **kwargs):
+        """Run a checkpointed layer call (its forward or its recompute) under ``state``."""
+        with self.router.replaying(state):
+            if depth is not None:
+                state.depths[self.index] = depth
+            return function(*args, **kwargs)
+
+
+class RoutedCheckpoint:
+    """A layer's checkpoint function whose checkpointed call carries the forward's state with it."""
+
+    def __init__(self, inner, site: LayerSite):
+        self.inner, self.site = inner, site
+
+    def __call__(self, function, *args, **kwargs):
+        state = self.site.router.forward_state()  # at forward time, on the forward's thread
+        if state is not None:
+            function = partial(self.site.replay, state, state.depths.get(self.site.index), function)
+        return self.inner(function, *args, **kwargs)
+
+
+def unbind_checkpointing(layer: nn.Module) -> None:
+    func = layer.__dict__.get("_gradient_checkpointing_func")
+    if isinstance(func, RoutedCheckpoint):
+        layer._gradient_checkpointing_func = func.inner
