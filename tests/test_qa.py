@@ -285,10 +285,11 @@ def test_a_long_question_gets_a_smaller_stride_and_a_too_long_one_an_error(token
     batch = {k: a + b for (k, a), b in zip(qa_batch("who", CONTEXT, "lima", "short").items(),
                                           qa_batch("who is what is where", CONTEXT, "lima", "long").values(),
                                           strict=True)}
-    # room for 8 and 4 context tokens: strides 5 and 3 advance by 3 (0-7, 3-10, 6-11) and by 1 (0-3 ... 8-11)
+    # room for 8 and 4 context tokens: strides min(5, room // 2) = 4 and 2, windows of tokens 0-7, 4-11
+    # and 0-3, 2-5, 4-7, 6-9, 8-11
     w = make_windows(batch, tokenizer, max_length=12, doc_stride=5)
-    assert w["example_id"] == ["short"] * 3 + ["long"] * 9
-    assert w["labels"] == [[0, 0], [0, 0], [8, 8]] + [[0, 0]] * 8 + [[10, 10]]  # "lima" is the last token
+    assert w["example_id"] == ["short"] * 2 + ["long"] * 5
+    assert w["labels"] == [[0, 0], [10, 10]] + [[0, 0]] * 4 + [[10, 10]]  # "lima" is the last token
     assert all(len(ids) <= 12 for ids in w["input_ids"])
     with pytest.raises(ValueError, match="leaves 1 of max_length=9"):
         make_windows(qa_batch("who is what is where", CONTEXT, None), tokenizer, max_length=9, doc_stride=2)

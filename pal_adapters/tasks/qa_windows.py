@@ -49,9 +49,10 @@ def make_windows(batch: Mapping[str, list[Any]], tokenizer: Any, max_length: int
     ``batch`` holds ``id``, ``question``, ``context`` and, for labelled data, ``answers``. Returns the
     tokenizer's model inputs plus ``labels`` ``[start, end]``, ``example_id``, ``offset_mapping``,
     ``context``, ``answers`` (the gold texts) and ``length``, windows in example order. Needs a fast
-    tokenizer (offsets) that pads on the right (the question comes first). An example whose question
-    leaves ``doc_stride`` or fewer context tokens gets a smaller stride (room - 1), since the tokenizer
-    cannot advance otherwise; a question that leaves no room at all is an error.
+    tokenizer (offsets) that pads on the right (the question comes first). The stride is at most half
+    the context room of a window (``max_length`` - question - special tokens), so windows always
+    advance by at least half their room (the tokenizer cannot advance at all once the stride reaches
+    the room); a question that leaves fewer than 2 context tokens is an error.
     """
     if getattr(tokenizer, "padding_side", "right") != "right":
         raise ValueError(f"padding_side={tokenizer.padding_side!r}: QA windows need a right-padding tokenizer")
@@ -73,7 +74,7 @@ def make_windows(batch: Mapping[str, list[Any]], tokenizer: Any, max_length: int
 
 
 def _strides(questions: list[str], tokenizer: Any, max_length: int, doc_stride: int) -> list[int]:
-    """Each example's stride: ``doc_stride``, or less where the question leaves little context room."""
+    """Each example's stride: ``doc_stride``, at most half of the context room its question leaves."""
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
     strides = []
@@ -82,7 +83,7 @@ def _strides(questions: list[str], tokenizer: Any, max_length: int, doc_stride: 
         if room < 2:
             raise ValueError(f"question {q[:60]!r} has {n} tokens and leaves {room} of max_length={max_length} "
                              "for the context; raise max_length")
-        strides.append(min(doc_stride, room - 1))
+        strides.append(min(doc_stride, room // 2))
     return strides
 
 
