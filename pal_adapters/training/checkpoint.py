@@ -2,23 +2,40 @@
 
 A checkpoint folder holds the model (``save_pretrained`` format: safetensors + JSON), the loss
 weights (safetensors), the optimizer and LR schedule (``torch.save`` of plain state dicts, read
-back with ``weights_only=True``), each process's RNG states, and ``trainer_state.json`` (step,
-sampler and stream cursors, best score). It is written to a temporary folder and swapped in.
+back with ``weights_only=True``), each process's RNG states, ``trainer_state.json`` (step,
+sampler and stream cursors, best score, losses not yet logged) and, written last,
+``complete.json``: the step and every other file's sha256. The folder is written to a temporary
+sibling and swapped in with two renames (``atomic.py``).
+
+A run killed during a save may leave no ``checkpoint/`` at all, only ``.checkpoint.old-*`` (the
+previous one) and ``.checkpoint.tmp-*`` (the new one, complete or not). ``recover_checkpoint``
+puts the complete one with the highest step back in place, checking every file against
+``complete.json``; with none complete, resuming is refused with the reason for each candidate.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..io import atomic_directory, read_json, read_tensors, write_json, write_tensors
+from ..atomic import atomic_directory, old_dirs, tmp_dirs
+from ..io import file_sha256, read_json, read_tensors, write_json, write_tensors
 from ..saving import load_weights, save_pretrained
 
-STATE_FILE = "trainer_state.json"
+STATE_FILE, MANIFEST = "trainer_state.json", "complete.json"
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """No complete checkpoint to resume from; the message says what was found and why it was rejected."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -53,8 +70,65 @@ def save_checkpoint(directory: Path, *, model, weighting, optimizer, scheduler, 
         for rank, rng in enumerate(rank_rng):
             torch.save(rng, tmp / f"rng-{rank}.pt")
         write_json(tmp / STATE_FILE, {"format": "pal_adapters", "version": 1, **state})
+        write_manifest(tmp, state["step"])  # last: a folder without it is a save that was cut short
 
     atomic_directory(directory, fill)
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    write_json(folder / MANIFEST, {"format": "pal_adapters", "version": 1, "step": step, "files": files})
+
+
+def checkpoint_step(folder: Path) -> tuple[int | None, str]:
+    """``(step, "")`` for a complete checkpoint folder, else ``(None, why not)``."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        step, files = manifest["step"], manifest["files"]
+    except FileNotFoundError:
+        return None, f"no {MANIFEST}: the save was cut short"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"{MANIFEST} is unreadable ({err})"
+    for name, sha256 in files.items():
+        path = folder / name
+        if not path.is_file():
+            return None, f"{name} is missing"
+        if file_sha256(path) != sha256:
+            return None, f"{name} does not match the sha256 recorded when it was saved"
+    return step, ""
+
+
+def recover_checkpoint(directory: Path) -> int:
+    """Put the complete checkpoint with the highest step at ``directory`` (from the leftovers of a
+    killed save if need be), delete the other leftovers and return its step.
+
+    Raises ``CheckpointError`` listing every candidate and its problem when none is complete.
+    """
+    directory = Path(directory)
+    candidates = [p for p in (directory, *tmp_dirs(directory), *old_dirs(directory)) if p.is_dir()]
+    complete, rejected = [], []
+    for rank, path in enumerate(candidates):  # on equal steps prefer ``directory``, then the newer .tmp
+        step, why = checkpoint_step(path)
+        if step is None and path == directory and not (path / MANIFEST).exists() and (path / STATE_FILE).is_file():
+            step = read_json(path / STATE_FILE)["step"]  # saved before complete.json existed: renamed in whole
+        if step is not None:
+            complete.append((step, -rank, path))
+        else:
+            rejected.append(f"{path.name}: {why}")
+    if not complete:
+        found = "; ".join(rejected) if rejected else "nothing"
+        raise CheckpointError(f"cannot resume: no complete checkpoint at {directory} (found {found}). "
+                              "Start without --resume (resume=False) to train from step 0")
+    step, _, best = max(complete)
+    if best != directory:
+        log.warning("%s was missing or incomplete (a run killed while saving); resuming from %s (step %d)",
+                    directory, best.name, step)
+        if directory.exists():
+            os.replace(directory, directory.parent / f".{directory.name}.old-{os.getpid()}")
+        os.replace(best, directory)
+    for path in (*tmp_dirs(directory), *old_dirs(directory)):
+        shutil.rmtree(path, ignore_errors=True)
+    return step
 
 
 def load_checkpoint(directory: Path, *, model, weighting, optimizer, scheduler, rank: int) -> dict[str, Any]:

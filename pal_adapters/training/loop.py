@@ -21,16 +21,17 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
+from ..atomic import recover_directory, remove_stale_files
 from ..model import MultiTaskModel, add_pal
 from ..saving import save_pretrained
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, recover_checkpoint, rng_state, save_checkpoint
 from .config import TrainConfig
 from .data import DynamicPaddingCollator
 from .distill import DistillConfig, TeacherEnsemble, distill_task_loss
 from .distributed import all_reduce_gradients
 from .evaluate import combined_score, evaluate
 from .losses import LossWeighting
-from .report import JsonlLogger, format_eval_table, plot_training_curves, read_jsonl
+from .report import JsonlLogger, format_eval_table, plot_training_curves, read_jsonl, truncate_log
 from .sampling import SamplingConfig, TaskSampler
 from .setup import TaskData, build_optimizer, build_schedule, dev_loaders, load_backbone, prepare_data
 from .streams import TaskStream, collate, collate_mixed, mixed_counts, shard
@@ -181,13 +182,11 @@ class MultiTaskTrainer:
     # ---- the run --------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         acc = self.accelerator
-        state = {"step": 0, "best_score": -math.inf, "best_step": 0, "best_metrics": {}}
-        if resume and (self.out / "checkpoint").is_dir():
-            state = self._restore()
+        state = self._start(resume)
         log = JsonlLogger(self.out / "log.jsonl") if acc.is_main_process else None
         bar = tqdm(total=self.total_steps, initial=state["step"], desc="training", disable=not acc.is_main_process,
                    dynamic_ncols=True)
-        pending: dict[str, list[float]] = {}  # each task's losses since the last log line
+        pending: dict[str, list[float]] = state["pending"]  # each task's losses since the last log line
         while state["step"] < self.total_steps:
             losses = self._optimizer_step(state["step"])
             state["step"] += 1
@@ -212,6 +211,41 @@ class MultiTaskTrainer:
             plot_training_curves(read_jsonl(self.out / "log.jsonl"), self.out / "curves.png")
         acc.wait_for_everyone()
         return TrainResult(self.out, state["step"], state["best_step"], state["best_score"], state["best_metrics"])
+
+    def _start(self, resume: bool) -> dict[str, Any]:
+        """The state to start from: step 0, or the last complete checkpoint's (``resume``).
+
+        The main process first clears what killed saves left in the output folder; the log keeps
+        only the records up to the starting step, so every step is in it once.
+        """
+        acc = self.accelerator
+        problem = [self._clean_output(resume) if acc.is_main_process else None]
+        if acc.num_processes > 1:  # the main process's finding, on every process (and a barrier)
+            problem = broadcast_object_list(problem)
+        if problem[0] is not None:
+            raise CheckpointError(problem[0])
+        state = {"step": 0, "best_score": -math.inf, "best_step": 0, "best_metrics": {}, "pending": {}}
+        if resume:
+            state = self._restore()
+        if acc.is_main_process:
+            truncate_log(self.out / "log.jsonl", state["step"])
+        return state
+
+    def _clean_output(self, resume: bool) -> str | None:
+        """Remove the leftovers of killed saves (this run owns its folder); on ``resume`` put the last
+        complete checkpoint in place. Returns why resuming is impossible instead of raising it, so
+        that every process can raise it."""
+        for name in ("best", "last") if resume else ("best", "last", "checkpoint"):
+            recover_directory(self.out / name)
+        for name in ("curves.png", "log.jsonl"):
+            remove_stale_files(self.out / name)
+        if resume:
+            try:
+                step = recover_checkpoint(self.out / "checkpoint")
+            except CheckpointError as err:
+                return str(err)
+            tqdm.write(f"resuming from {self.out / 'checkpoint'} at step {step}")
+        return None
 
     def _due(self, step: int, every: int) -> bool:
         return step % every == 0 or step == self.total_steps
@@ -249,7 +283,9 @@ class MultiTaskTrainer:
         self.sampler.load_state_dict(saved["sampler"])
         for name, s in saved["streams"].items():
             self.streams[name].load_state_dict(s)
-        return {k: saved[k] for k in ("step", "best_score", "best_step", "best_metrics")}
+        # ``pending``: losses of steps not logged yet (absent from checkpoints of earlier versions)
+        return {"pending": {}} | {k: saved[k] for k in ("step", "best_score", "best_step", "best_metrics", "pending")
+                                  if k in saved}
 
 
 def _rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:

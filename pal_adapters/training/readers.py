@@ -145,6 +145,8 @@ def map_columns(ds: datasets.Dataset, text_columns: Sequence[str], label_column:
     into its names first, so ``convert_label``'s label map decides the ids whatever the source order.
     """
     targets = dict(zip(text_columns, ("text_a", "text_b"), strict=False))
+    if ds.num_rows == 0:  # else datasets fails later with an error naming neither file nor task
+        raise ValueError(f"{where}: has no rows (an empty file, or a header only)")
     for column in (*text_columns, label_column):
         if column not in ds.column_names:
             raise ValueError(f"{where}: column {column!r} not found; available columns: {ds.column_names}")
@@ -194,7 +196,20 @@ def read_glue_tsv(path: str | os.PathLike, glue_task: str,
 
 def load_split(task_def: TaskDef, split: Literal["train", "dev"],
                cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
-    """The standard-column dataset of a task's ``"train"`` or ``"dev"`` split.
+    """The standard-column dataset of a task's ``"train"`` or ``"dev"`` split."""
+    try:
+        ds = _read_split(task_def, split, cache_dir)
+    except (FileNotFoundError, ValueError) as e:  # name the task: a file path alone may not say which
+        if str(e).startswith(f"task {task_def.name!r}"):
+            raise
+        error = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+        raise error(f"task {task_def.name!r}, {split} split: {e}") from e
+    return ds
+
+
+def _read_split(task_def: TaskDef, split: Literal["train", "dev"],
+                cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+    """The standard-column dataset of a task's ``"train"`` or ``"dev"`` split, as read.
 
     Local files are ``<data.path>/<split name><ext>`` (a split name with a suffix is the file name).
     """

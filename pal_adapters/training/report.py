@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..atomic import atomic_file
 
 SIGNIFICANT_DIGITS = 6
 
@@ -52,6 +53,27 @@ def _drop_partial_tail(path: Path) -> None:
     if not data.endswith(b"\n"):
         with open(path, "r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
+
+
+def truncate_log(path: str | os.PathLike, step: int) -> None:
+    """Keep the records of ``path`` up to ``step`` (inclusive), atomically, lines unchanged.
+
+    A run resumed from a checkpoint at ``step`` logs the steps after it again: cutting what a killed
+    run logged past its checkpoint keeps each step in the log once (``step=0``: an empty log).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # blank, or the half line of a killed write
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    with atomic_file(path, "w") as f:
+        f.write("".join(kept))
 
 
 def to_jsonable(value: Any) -> Any:
@@ -177,15 +199,8 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: str | os.Pa
     _plot_eval(right, records)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     return path
 
 
