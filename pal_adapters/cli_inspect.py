@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from .config import AdapterConfig
 from .io import AdapterLoadError, file_sha256, read_json
 from .saving import BACKBONE_FILE, CONFIG_FILE, TASK_FILE, TASK_TENSORS
+from .tasks import TASK_KINDS
 
 
 def tensor_counts(path: Path) -> dict[str, int]:
@@ -103,7 +104,8 @@ def _layers(layers: list[int]) -> str:
 def _task_row(t: dict[str, Any]) -> list[str]:
     a = t["adapter"]
     method = a["method"] + ("+lhuc" if a["lhuc"] and a["method"] != "lhuc" else "")
-    labels = ",".join(map(str, t["labels"])) if t["labels"] else ("-" if t["type"] == "regression"
+    kind = TASK_KINDS.get(t["type"])  # "-" where labels are no classes (regression, ranking, QA)
+    labels = ",".join(map(str, t["labels"])) if t["labels"] else ("-" if kind and not kind.uses_label_names
                                                                    else str(t["num_labels"]))
     return [t["name"], t["type"], labels, method, a["placement"], _layers(a["layers"]),
             "-" if a["d_s"] is None else str(a["d_s"]), f"{t['parameters']['adapter']:,}",

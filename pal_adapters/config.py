@@ -14,14 +14,7 @@ Kind = Literal["pal", "low_rank", "pal_ffn", "lhuc"]
 Placement = Literal["parallel", "serial"]
 LayerSpec = Literal["all", "top_half", "bottom_half"]
 Activation = Literal["gelu", "relu", "tanh", "identity"]
-TaskType = Literal[
-    "classification",  # single sentence or pair, CE over the pooled vector
-    "regression",  # similarity score, MSE
-    "multi_label",  # BCE over independent labels
-    "ranking",  # listwise softmax over one query's candidates
-    "token_classification",  # CE per token, -100 ignored
-    "extractive_qa",  # start/end span logits
-]
+TaskType = str  # a key of pal_adapters.tasks.TASK_KINDS (the registry of task kinds)
 Pooling = Literal["cls", "pooler", "mean"]
 
 # d_s relative to d_m, as in the paper: PAL 204 at 768, low-rank 100 at 768.
@@ -188,10 +181,11 @@ class TaskConfig:
     """One task of a multi-task model: its head, and optionally its own adapter.
 
     Attributes:
-        type: the head (see ``TaskType``).
+        type: the kind of task, a key of ``pal_adapters.tasks.TASK_KINDS`` (classification,
+            regression, multi_label, ranking, token_classification, extractive_qa, ...).
         num_labels: classes (classification, token classification, multi-label; default 2);
-            fixed at 1 for regression and ranking and 2 for extractive QA (start/end), which is
-            what ``None`` resolves to.
+            fixed by some kinds (``TaskKind.fixed_num_labels``: 1 for regression and ranking, 2 for
+            extractive QA's start/end), which is what ``None`` resolves to.
         adapter: this task's adapter config; ``None`` uses the model-level one.
         dropout: dropout before the head (MT-DNN uses per-task dropout).
         pooling: ``"cls"`` first token, ``"pooler"`` the backbone's pooler if it has one, ``"mean"``
@@ -209,30 +203,28 @@ class TaskConfig:
     num_candidates: int | None = None
 
     def __post_init__(self) -> None:
-        check_choice("type", self.type, get_args(TaskType))
+        from .tasks import get_kind  # the registry's kinds import this module
+
+        kind = get_kind(self.type)  # an unknown type raises here, listing the registered kinds
         check_choice("pooling", self.pooling, get_args(Pooling))
         if isinstance(self.labels, list):
             object.__setattr__(self, "labels", tuple(self.labels))
         if isinstance(self.adapter, (str, dict)):
             object.__setattr__(self, "adapter", resolve_adapter_config(self.adapter))
-        fixed = {"regression": 1, "ranking": 1, "extractive_qa": 2}
+        fixed = kind.fixed_num_labels
         if self.num_labels is None:
-            object.__setattr__(self, "num_labels", fixed.get(self.type, 2))
+            object.__setattr__(self, "num_labels", 2 if fixed is None else fixed)
         if self.num_labels < 1:
             raise ValueError(f"num_labels={self.num_labels} must be >= 1")
-        if self.type in fixed and self.num_labels != fixed[self.type]:
+        if fixed is not None and self.num_labels != fixed:
             raise ValueError(f"num_labels={self.num_labels} does not fit type={self.type!r}, "
-                             f"which needs num_labels={fixed[self.type]}")
-        if self.labels is not None and len(self.labels) != self.num_labels and self.type != "regression":
+                             f"which needs num_labels={fixed}")
+        if self.labels is not None and len(self.labels) != self.num_labels and kind.uses_label_names:
             raise ValueError(f"labels={list(self.labels)} has {len(self.labels)} names but "
                              f"num_labels={self.num_labels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if (self.type == "ranking") != (self.num_candidates is not None):
-            raise ValueError(f"num_candidates={self.num_candidates!r}: a ranking task needs num_candidates >= 2 "
-                             f"and other task types take none (type={self.type!r})")
-        if self.num_candidates is not None and self.num_candidates < 2:
-            raise ValueError(f"num_candidates={self.num_candidates} must be >= 2")
+        kind.check_config(self)  # the kind's own fields (ranking: num_candidates)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -12,6 +12,7 @@ import torch
 import transformers
 import yaml
 
+from pal_adapters.config import TaskConfig
 from pal_adapters.training import data as data_mod
 from pal_adapters.training.data import DynamicPaddingCollator, LengthGroupedBatchSampler, make_dataloader, tokenize
 from pal_adapters.training.readers import load_split, make_label_converter, map_columns, read_tsv_columns
@@ -76,7 +77,7 @@ def test_glue_metrics_default_to_the_official_ones():
     ({"data": {"kind": "csv", "path": "x", "colums": ["a"]}}, r"data: unknown field\(s\) \['colums'\]"),
     ({"data": {"kind": "csv", "path": "x"}}, r"text_columns=\(\) must list one or two"),
     ({"metrics": ["pearson"]}, r"task 'bad': metric='pearson' does not fit type='classification'"),
-    ({"metrics": ["bleu"]}, r"metric='bleu' is not valid; choose one of .*'mcc'"),
+    ({"metrics": ["bleu"]}, r"metric='bleu' does not fit type='classification'; choose from .*'mcc'"),
     ({"metrics": "accuracy"}, r"metrics='accuracy' must be a list"),
     ({"type": "regresion"}, r"type='regresion' is not valid; choose one of .*'regression'"),
     ({"label_map": {"yes": 2}}, r"label_map entries \{'yes': 2\} are invalid; .* 0\.\.1"),
@@ -159,14 +160,17 @@ def test_missing_file_column_and_label_errors(tmp_path):
 
 
 def test_label_converters():
-    to_id = make_label_converter("classification", 3, {"a": 0})
+    to_id = make_label_converter(TaskConfig(num_labels=3), {"a": 0})
     assert [to_id("a"), to_id("2"), to_id(1)] == [0, 2, 1]
     with pytest.raises(ValueError, match=r"label 3 is not a class id in 0\.\.2"):
         to_id(3)
-    assert make_label_converter("regression", 1, {})("3.800") == 3.8
-    assert make_label_converter("multi_label", 3, {"x": 0, "z": 2})("x, z") == [1.0, 0.0, 1.0]
-    with pytest.raises(ValueError, match="type='ranking' is not valid"):
-        make_label_converter("ranking", 1, {})
+    assert make_label_converter(TaskConfig(type="regression"), {})("3.800") == 3.8
+    multi = TaskConfig(type="multi_label", num_labels=3)
+    assert make_label_converter(multi, {"x": 0, "z": 2})("x, z") == [1.0, 0.0, 1.0]
+    ranking = make_label_converter(TaskConfig(type="ranking", num_candidates=2), {})
+    assert [ranking("1"), ranking(0), ranking("true")] == [1, 0, 1]
+    with pytest.raises(ValueError, match="label '2' is not a relevance label"):
+        ranking("2")
 
 
 # ---- hub column mapping ---------------------------------------------------------------------------
@@ -180,13 +184,13 @@ def _hub_rte() -> datasets.Dataset:
 
 
 def test_hub_columns_map_onto_text_a_text_b_label():
-    convert = make_label_converter("classification", 2, {"entailment": 0, "not_entailment": 1})
+    convert = make_label_converter(TaskConfig(), {"entailment": 0, "not_entailment": 1})
     ds = map_columns(_hub_rte(), ("sentence1", "sentence2"), "label", convert)
     assert ds.to_dict() == {"text_a": ["p1", "p2"], "text_b": ["h1", "h2"], "label": [0, 1]}
 
 
 def test_hub_class_label_ids_follow_the_task_label_map():
-    convert = make_label_converter("classification", 2, {"not_entailment": 0, "entailment": 1})
+    convert = make_label_converter(TaskConfig(), {"not_entailment": 0, "entailment": 1})
     assert map_columns(_hub_rte(), ("sentence1", "sentence2"), "label", convert)["label"] == [1, 0]
 
 

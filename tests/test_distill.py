@@ -8,7 +8,9 @@ import torch
 from helpers import randomize_adapters, tiny_batch, tiny_model
 
 from pal_adapters import MultiTaskModel, add_pal
+from pal_adapters.config import TaskConfig
 from pal_adapters.io import AdapterLoadError
+from pal_adapters.tasks import kind_of
 from pal_adapters.training.distill import (
     DistillConfig,
     TeacherEnsemble,
@@ -169,20 +171,25 @@ def test_teacher_errors_name_the_teacher(teachers) -> None:
         TeacherEnsemble(DistillConfig(teachers={"a": (p1, p2)}), lambda: shared, tasks=STUDENT_TASKS)
 
 
-def test_distill_task_loss_matches_hand_computation() -> None:
+def test_distill_task_loss_mixes_the_kinds_kd_loss_with_the_heads_gold_loss() -> None:
     logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     q = torch.tensor([[0.2, 0.7, 0.1], [0.5, 0.25, 0.25]])
     labels = torch.tensor([1, 0])
     log_p = [[z - math.log(sum(math.exp(v) for v in row)) for z in row] for row in logits.tolist()]
     kd = sum(-sum(qc * lp for qc, lp in zip(qr, lr, strict=True)) for qr, lr in zip(q.tolist(), log_p, strict=True)) / 2
     ce = -(log_p[0][1] + log_p[1][0]) / 2
-    assert distill_task_loss(logits, q, None, "classification").item() == pytest.approx(kd, rel=1e-6)
-    mixed = distill_task_loss(logits, q, labels, "classification", alpha=0.3).item()
+    classes, regression = kind_of(TaskConfig(num_labels=3)), kind_of(TaskConfig(type="regression"))
+    assert distill_task_loss(classes, logits, q, None).item() == pytest.approx(kd, rel=1e-6)
+    gold = classes.loss(logits, labels)  # what the head computed in the forward
+    mixed = distill_task_loss(classes, logits, q, gold, alpha=0.3).item()
     assert mixed == pytest.approx(0.3 * kd + 0.7 * ce, rel=1e-6)
-    reg = distill_task_loss(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 1.0]), None, "regression")
+    reg = distill_task_loss(regression, torch.tensor([1.0, 2.0]), torch.tensor([1.5, 1.0]), None)
     assert reg.item() == pytest.approx((0.25 + 1.0) / 2)
-    with pytest.raises(ValueError, match="labels are needed"):
-        distill_task_loss(logits, q, None, "classification", alpha=0.5)
+    with pytest.raises(ValueError, match="needs labels"):
+        distill_task_loss(classes, logits, q, None, alpha=0.5)
+    ranking = kind_of(TaskConfig(type="ranking", num_candidates=2))
+    with pytest.raises(ValueError, match="'ranking' cannot be distilled"):
+        distill_task_loss(ranking, torch.zeros(2), torch.zeros(2), None)
 
 
 def test_teacher_probabilities_follow_example_index_in_any_batch_order(tmp_path):

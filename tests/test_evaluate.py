@@ -85,21 +85,6 @@ def test_multi_label_predictions_threshold_the_sigmoid(model) -> None:
     assert set(np.unique(labels)) <= {0, 1}
 
 
-def test_token_predictions_skip_ignored_labels(model) -> None:
-    dev = batches("tok")
-    expected_preds, expected_labels = [], []
-    for b, logits in zip(dev, reference_logits(model, "tok", dev), strict=True):
-        for row in range(logits.shape[0]):
-            for t in range(logits.shape[1]):
-                if b["labels"][row, t] != -100:
-                    expected_preds.append(int(logits[row, t].argmax()))
-                    expected_labels.append(int(b["labels"][row, t]))
-    preds, labels = predict_task(model, "tok", dev)
-    assert -100 not in labels
-    np.testing.assert_array_equal(preds, expected_preds)
-    np.testing.assert_array_equal(labels, expected_labels)
-
-
 def test_evaluate_matches_sklearn_and_scipy_over_the_whole_dev_set(model) -> None:
     dev = {"cls": batches("cls", sizes=(2, 5, 3)), "reg": batches("reg")}
     cls_preds = torch.cat([x.argmax(-1) for x in reference_logits(model, "cls", dev["cls"])]).numpy()
@@ -131,13 +116,17 @@ def test_metrics_are_computed_once_over_all_batches_not_averaged(monkeypatch) ->
     assert evaluate(m, dev, {"cls": ["accuracy"]})["cls"]["accuracy"] == pytest.approx(0.5)
 
 
-def test_ranking_predicts_the_best_candidate_of_each_group(monkeypatch) -> None:
+def test_ranking_scores_precision_at_1_and_mrr_per_query(monkeypatch) -> None:
     m = add_pal(tiny_model("bert"), {"rank": {"type": "ranking", "num_candidates": 3}}, adapter="pal")
     stub(m, monkeypatch, [torch.tensor([0.1, 0.9, 0.3, 2.0, -1.0, 0.5]), torch.tensor([0.0, 0.0, 5.0])])
     dev = [ids(6) | {"labels": torch.tensor([0, 1, 0, 0, 0, 1])}, ids(3) | {"labels": torch.tensor([0, 0, 1])}]
-    preds, labels = predict_task(m, "rank", dev)
-    np.testing.assert_array_equal(preds, [1, 0, 2])
-    np.testing.assert_array_equal(labels, [1, 2, 2])
+    scores, positive = predict_task(m, "rank", dev)
+    np.testing.assert_array_equal(scores.argmax(-1), [1, 0, 2])
+    np.testing.assert_array_equal(positive, [1, 2, 2])
+    stub(m, monkeypatch, [torch.tensor([0.1, 0.9, 0.3, 2.0, -1.0, 0.5]), torch.tensor([0.0, 0.0, 5.0])])
+    results = evaluate(m, {"rank": dev}, {"rank": ["accuracy", "mrr"]})["rank"]
+    # Query 2's positive (0.5) ranks 2nd of (2.0, -1.0, 0.5): reciprocal ranks 1, 1/2, 1.
+    assert results == pytest.approx({"accuracy": 2 / 3, "mrr": (1 + 0.5 + 1) / 3})
 
 
 def test_ranking_batch_must_hold_whole_groups(monkeypatch) -> None:
@@ -145,21 +134,6 @@ def test_ranking_batch_must_hold_whole_groups(monkeypatch) -> None:
     stub(m, monkeypatch, [torch.zeros(4)])
     with pytest.raises(ValueError, match="4 rows, not a multiple of num_candidates=3"):
         predict_task(m, "rank", [ids(4) | {"labels": torch.tensor([1, 0, 0, 1])}])
-
-
-def test_extractive_qa_scores_exact_match_of_start_and_end(monkeypatch) -> None:
-    m = add_pal(tiny_model("bert"), {"qa": "extractive_qa"}, adapter="pal")
-    logits = torch.zeros(3, 5, 2)
-    logits[0, 1, 0] = logits[0, 3, 1] = 1.0  # start 1, end 3: exact
-    logits[1, 2, 0] = logits[1, 2, 1] = 1.0  # start 2 right, end 2 wrong
-    logits[2, 0, 0] = logits[2, 1, 1] = 1.0  # the real answer (0, 1)...
-    logits[2, 4, :] = 9.0  # ...beaten only on a padding position
-    batch = ids(3) | {"labels": torch.tensor([[1, 3], [2, 4], [0, 1]])}
-    batch["attention_mask"][2, 4] = 0
-    stub(m, monkeypatch, [logits])
-    preds, labels = predict_task(m, "qa", [batch])
-    np.testing.assert_array_equal(preds, [1, 0, 1])
-    np.testing.assert_array_equal(labels, [1, 1, 1])
 
 
 def test_combined_score_sums_task_means() -> None:

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from pal_adapters.training.losses import (
-    LossWeighting,
-    distillation_loss,
-    mixed_loss,
-    soft_targets,
-)
+from pal_adapters.config import TaskConfig
+from pal_adapters.tasks import kind_of
+from pal_adapters.training.losses import LossWeighting, mixed_loss, soft_targets
+
+CLASSES = kind_of(TaskConfig(num_labels=3))
+REGRESSION = kind_of(TaskConfig(type="regression"))
 
 LOGITS = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 SOFT = [[0.2, 0.7, 0.1], [0.5, 0.25, 0.25]]
@@ -104,13 +104,13 @@ def test_soft_targets_are_the_mean_of_teachers() -> None:
 
 
 def test_distillation_loss_matches_hand_cross_entropy() -> None:
-    loss = distillation_loss(torch.tensor(LOGITS), torch.tensor(SOFT))
+    loss = CLASSES.distillation_loss(torch.tensor(LOGITS), torch.tensor(SOFT))
     assert loss.item() == pytest.approx(hand_soft_ce(LOGITS, SOFT), rel=1e-6)
 
 
 def test_distillation_gradient_is_softmax_minus_targets() -> None:
     logits = torch.tensor(LOGITS, requires_grad=True)
-    distillation_loss(logits, torch.tensor(SOFT)).backward()
+    CLASSES.distillation_loss(logits, torch.tensor(SOFT)).backward()
     for row, target, grad in zip(LOGITS, SOFT, logits.grad.tolist(), strict=True):
         probs = [math.exp(lp) for lp in hand_log_softmax(row)]
         expected = [(p - q) / len(LOGITS) for p, q in zip(probs, target, strict=True)]
@@ -122,24 +122,27 @@ def test_regression_distillation_is_mse_to_teacher_mean() -> None:
     teachers = [torch.tensor([[1.5], [2.0], [3.0]]), torch.tensor([[0.5], [3.0], [4.0]])]
     mean = [(1.5 + 0.5) / 2, (2.0 + 3.0) / 2, (3.0 + 4.0) / 2]
     expected = sum((s - m) ** 2 for s, m in zip([1.0, 2.5, 4.0], mean, strict=True)) / 3
-    loss = distillation_loss(student, soft_targets(teachers), kind="regression")
+    loss = REGRESSION.distillation_loss(student, soft_targets(teachers))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_mixed_loss_interpolates_between_distillation_and_gold_labels() -> None:
+def test_mixed_loss_interpolates_between_distillation_and_the_heads_gold_loss() -> None:
     logits, targets, labels = torch.tensor(LOGITS), torch.tensor(SOFT), torch.tensor([1, 0])
-    kd = hand_soft_ce(LOGITS, SOFT)
-    ce = -sum(hand_log_softmax(row)[y] for row, y in zip(LOGITS, [1, 0], strict=True)) / 2
-    assert mixed_loss(logits, targets, labels, alpha=1.0).item() == pytest.approx(kd, rel=1e-6)
-    assert mixed_loss(logits, targets, labels, alpha=0.0).item() == pytest.approx(ce, rel=1e-6)
-    mixed = mixed_loss(logits, targets, labels, alpha=0.3).item()
-    assert mixed == pytest.approx(0.3 * kd + 0.7 * ce, rel=1e-6)
+    kd_hand = hand_soft_ce(LOGITS, SOFT)
+    ce_hand = -sum(hand_log_softmax(row)[y] for row, y in zip(LOGITS, [1, 0], strict=True)) / 2
+    kd, gold = CLASSES.distillation_loss(logits, targets), CLASSES.loss(logits, labels)
+    assert mixed_loss(kd, None, alpha=1.0).item() == pytest.approx(kd_hand, rel=1e-6)
+    assert mixed_loss(kd, gold, alpha=0.0).item() == pytest.approx(ce_hand, rel=1e-6)
+    assert mixed_loss(kd, gold, alpha=0.3).item() == pytest.approx(0.3 * kd_hand + 0.7 * ce_hand, rel=1e-6)
     with pytest.raises(ValueError, match="alpha=1.5"):
-        mixed_loss(logits, targets, labels, alpha=1.5)
+        mixed_loss(kd, gold, alpha=1.5)
+    with pytest.raises(ValueError, match="needs labels"):
+        mixed_loss(kd, None, alpha=0.5)
 
 
 def test_distillation_rejects_mismatched_shapes_and_kinds() -> None:
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 2\)"):
-        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 2))
-    with pytest.raises(ValueError, match="kind='ranking'"):
-        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), kind="ranking")  # type: ignore[arg-type]
+        CLASSES.distillation_loss(torch.zeros(2, 3), torch.zeros(2, 2))
+    ranking = kind_of(TaskConfig(type="ranking", num_candidates=2))
+    with pytest.raises(ValueError, match="'ranking' cannot be distilled.*classification.*regression"):
+        ranking.distillation_loss(torch.zeros(2), torch.zeros(2))

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from pal_adapters.config import TaskConfig
+from pal_adapters.tasks import kind_of
 from pal_adapters.training.metrics import (
     GLUE_TASK_METRICS,
     METRICS,
     compute_metrics,
-    logits_to_predictions,
     metrics_for_task,
 )
 
@@ -88,17 +89,22 @@ def test_unknown_names_and_bad_inputs_raise() -> None:
         metrics_for_task("squad")
     with pytest.raises(ValueError, match="equal length"):
         compute_metrics(["accuracy"], [1, 0], [1, 0, 1])
-    with pytest.raises(ValueError, match="kind='ranking'"):
-        logits_to_predictions([[0.0]], kind="ranking")  # type: ignore[arg-type]
 
 
-def test_logits_to_predictions() -> None:
+def test_kinds_turn_batch_outputs_into_predictions() -> None:
+    """What evaluation does per task: batch_outputs per batch, finish over all of them."""
+    classes = kind_of(TaskConfig(num_labels=3))
     logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]])
-    assert logits_to_predictions(logits).tolist() == [1, 0]
-    scores = torch.tensor([[1.5], [4.25]], dtype=torch.bfloat16)
-    assert logits_to_predictions(scores, "regression").tolist() == [1.5, 4.25]
-    multi = torch.tensor([[0.3, -0.2, 0.0], [-1.0, 2.0, 1e-3]])
-    expected = (torch.sigmoid(multi) > 0.5).long().tolist()
-    assert logits_to_predictions(multi, "multi_label").tolist() == expected
-    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
-        logits_to_predictions(logits, "regression")
+    out = classes.batch_outputs(logits, {"labels": torch.tensor([1, 2])})
+    preds, refs = classes.finish([out, out])
+    assert preds.tolist() == [1, 0, 1, 0] and refs.tolist() == [1, 2, 1, 2]
+    regression = kind_of(TaskConfig(type="regression"))
+    scores = torch.tensor([1.5, 4.25], dtype=torch.bfloat16)
+    preds, refs = regression.finish([regression.batch_outputs(scores, {"labels": torch.tensor([1.0, 2.0])})])
+    assert preds.tolist() == [1.5, 4.25] and refs.tolist() == [1.0, 2.0]
+    multi = kind_of(TaskConfig(type="multi_label", num_labels=3))
+    logits = torch.tensor([[0.3, -0.2, 0.0], [-1.0, 2.0, 1e-3]])
+    preds, _ = multi.finish([multi.batch_outputs(logits, {"labels": torch.ones(2, 3)})])
+    assert preds.tolist() == (torch.sigmoid(logits) > 0.5).long().tolist()
+    with pytest.raises(ValueError, match="no 'labels'"):
+        classes.batch_outputs(logits, {"input_ids": torch.zeros(2, 3)})

@@ -217,6 +217,12 @@ class TaskKind:
             raise ValueError(f"task type {self.name!r} cannot be distilled; distillation needs a task of "
                              f"type {distillable_names()}")
 
+    @property
+    def target_width(self) -> int | None:
+        """Width of one row of ``teacher_targets`` (a probability file's row): C, or None for
+        one scalar per row (regression)."""
+        return self.out_features
+
     def teacher_targets(self, logits: Tensor) -> Tensor:
         """A teacher's logits -> its soft targets (class probabilities; regression: predictions)."""
         self.check_distillable()
@@ -231,7 +237,7 @@ class TaskKind:
 # ---- helpers shared by kinds ---------------------------------------------------------------------
 def zero_loss(logits: Tensor) -> Tensor:
     """An exact 0 connected to ``logits``' graph: backward works and adds a zero gradient."""
-    return logits.float().sum() * 0.0
+    return logits.float().sum() * 0.0 + 0.0  # "+ 0.0" turns a -0.0 into 0.0
 
 
 def require_tensor(labels: Any, kind: str) -> Tensor:

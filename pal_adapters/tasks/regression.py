@@ -52,6 +52,10 @@ class RegressionKind(TaskKind):
     def describe(self, logits: Tensor, context: Any) -> list[dict[str, Any]]:
         return [{"score": float(x)} for x in logits.detach().float().cpu().reshape(-1)]
 
+    @property
+    def target_width(self) -> None:
+        return None
+
     def teacher_targets(self, logits: Tensor) -> Tensor:
         return logits.float().reshape(-1)
 

@@ -19,18 +19,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, get_args
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..config import TaskConfig, check_choice
+from ..config import TaskConfig
 from ..io import AdapterLoadError, read_tensors, write_tensors
 from ..model import BATCH_KEYS, MultiTaskModel, as_task_config, inference
-from .losses import KDKind, distillation_loss, mixed_loss, soft_targets
+from ..tasks import TaskKind, kind_of
+from .losses import mixed_loss, soft_targets
 
 PROBABILITIES = "probabilities"  # the one tensor name in a probability file
-KD_TYPES: tuple[str, ...] = get_args(KDKind)  # ("classification", "regression")
 PathLike = str | os.PathLike
 
 
@@ -134,8 +134,7 @@ def teacher_output(model: MultiTaskModel, task: str, batch: Mapping[str, Any]) -
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in batch.items() if k in BATCH_KEYS and v is not None}
     logits = model(**inputs, task=task).logits.float()
-    out = logits if model.tasks[task].type == "regression" else logits.softmax(-1)
-    return out.to(_device(batch, None))
+    return model.heads[task].kind.teacher_targets(logits).to(_device(batch, None))
 
 
 def write_teacher_probabilities(model: MultiTaskModel, task: str, batches: Iterable[Mapping[str, Any]],
@@ -147,7 +146,7 @@ def write_teacher_probabilities(model: MultiTaskModel, task: str, batches: Itera
     training set in order. Dropout is off while it runs; the model's mode is restored afterwards.
     """
     model.check_task(task)
-    check_choice(f"type of task {task!r}", model.tasks[task].type, KD_TYPES)
+    model.heads[task].kind.check_distillable()
     outputs, indices = [], []
     with inference(model):
         for batch in batches:
@@ -206,7 +205,10 @@ class TeacherEnsemble(nn.Module):
         if task not in self.task_configs:
             raise ValueError(f"DistillConfig has teachers for task {task!r}, which the student lacks; "
                              f"student tasks: {list(self.task_configs)}")
-        check_choice(f"type of task {task!r}", self.task_configs[task].type, KD_TYPES)
+        try:
+            kind_of(self.task_configs[task]).check_distillable()
+        except ValueError as err:
+            raise ValueError(f"task {task!r}: {err}") from None
 
     def _load_models(self, backbone_factory: Callable[[], nn.Module]) -> None:
         index_of: dict[str, int] = {}
@@ -265,8 +267,8 @@ class TeacherEnsemble(nn.Module):
 
 
 def _width(task: TaskConfig) -> int | None:
-    """Row shape of a probability file: C for classification, None (scalars) for regression."""
-    return None if task.type == "regression" else task.num_labels
+    """Row shape of a probability file: C for class probabilities, None for scalars (regression)."""
+    return kind_of(task).target_width
 
 
 def _device(batch: Mapping[str, Any], example_index: Tensor | None) -> torch.device:
@@ -274,17 +276,14 @@ def _device(batch: Mapping[str, Any], example_index: Tensor | None) -> torch.dev
     return found[0].device if found else torch.device("cpu")
 
 
-def distill_task_loss(student_logits: Tensor, targets: Tensor, labels: Tensor | None, task_type: str,
+def distill_task_loss(kind: TaskKind, student_logits: Tensor, targets: Tensor, gold_loss: Tensor | None,
                       alpha: float = 1.0) -> Tensor:
     """The student's loss on a task with teachers, a scalar ``()``.
 
-    ``alpha = 1``: −Σ_c Q(c|x)·log P(c|x) averaged over examples (regression: MSE to Q), labels
-    unused; else alpha·KD + (1 − alpha)·gold loss (CE / MSE). Shapes: logits and targets ``(B, C)``,
-    labels ``(B,)`` (regression: ``(B,)`` everywhere).
+    ``kind.distillation_loss(student_logits, targets)`` (classification: −Σ_c Q(c|x)·log P(c|x)
+    averaged over rows; regression: MSE to Q), mixed as alpha·KD + (1 − alpha)·``gold_loss``, the
+    loss the task head already computed on the gold labels (not needed when ``alpha = 1``).
+    Shapes: logits and targets ``(B, C)`` (regression: ``(B,)``).
     """
-    check_choice("task_type", task_type, KD_TYPES)
-    if alpha == 1.0:
-        return distillation_loss(student_logits, targets, task_type)
-    if labels is None:
-        raise ValueError(f"alpha={alpha!r} mixes in the gold-label loss, so labels are needed")
-    return mixed_loss(student_logits, targets, labels, alpha, task_type)
+    kind.check_distillable()
+    return mixed_loss(kind.distillation_loss(student_logits, targets), gold_loss, alpha)

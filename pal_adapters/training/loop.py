@@ -93,7 +93,8 @@ class MultiTaskTrainer:
         self.sampler = TaskSampler(batches, SamplingConfig(strategy, c.seed, c.epochs, steps_per_epoch))
         self.total_steps = c.max_steps or (c.epochs * steps_per_epoch) // c.grad_accum
         self.epoch_steps = max(1, steps_per_epoch // c.grad_accum)
-        self.streams = {n: TaskStream(n, self.data[n].train, c.batch_size, c.seed) for n in self.train_tasks}
+        self.streams = {n: TaskStream(n, self.data[n].train, c.batch_size, c.seed, kind=self.data[n].definition.kind)
+                        for n in self.train_tasks}
         self.trainable = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
         optimizer = build_optimizer(self.model, self.weighting, c)
         self.scheduler = build_schedule(optimizer, c, self.total_steps)
@@ -131,14 +132,15 @@ class MultiTaskTrainer:
             mine = rows[acc.process_index::acc.num_processes]
             if mine:
                 parts.append((task, collate(self.streams[task], mine, self.collator)))
-        return self._device(collate_mixed(parts, self.tokenizer.pad_token_id or 0))
+        kinds = {t: self.streams[t].kind for t, _ in parts}  # they re-pad token labels to the joint length
+        return self._device(collate_mixed(parts, self.tokenizer.pad_token_id or 0, kinds))
 
     def _task_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor,
                    batch: dict[str, Any], index: torch.Tensor) -> torch.Tensor:
         if self.teachers is None or task not in self.distill.tasks:
             return loss
         targets = self.teachers.targets(task, batch, index)
-        return distill_task_loss(logits, targets, labels, self.model.tasks[task].type, self.distill.alpha)
+        return distill_task_loss(self.model.heads[task].kind, logits, targets, loss, self.distill.alpha)
 
     def _micro_step(self, micro_step: int) -> dict[str, float]:
         """Forward and backward of one micro-batch; returns the per-task losses."""
@@ -253,7 +255,8 @@ class MultiTaskTrainer:
     def _evaluate(self, state: dict[str, Any], log: JsonlLogger | None) -> None:
         acc = self.accelerator
         if acc.is_main_process and self.dev:
-            results = evaluate(self.model, self.dev, self.metrics)
+            kinds = {n: d.definition.kind for n, d in self.data.items()}  # with the task definitions' options
+            results = evaluate(self.model, self.dev, self.metrics, kinds=kinds)
             score = combined_score(results, self.config.select_by)
             log.log({"kind": "eval", "step": state["step"], "metrics": results, "score": score})
             tqdm.write(f"step {state['step']}: score {score:.4f}\n{format_eval_table(results)}")

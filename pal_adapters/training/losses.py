@@ -1,4 +1,4 @@
-"""Combining task losses (sum, fixed weights, uncertainty) and knowledge distillation (MT-DNN-KD).
+"""Combining task losses (sum, fixed weights, uncertainty) and mixing distillation with gold labels.
 
 Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018) learns s_t = log σ_t² per task and
 combines
@@ -19,13 +19,11 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pal_adapters.config import check_choice
 
 WeightingMode = Literal["sum", "fixed", "uncertainty"]
-KDKind = Literal["classification", "regression"]
 
 # Attribute name of the learnable log-variances; named parameters start with it.
 UNCERTAINTY_PREFIX = "log_variances"
@@ -122,9 +120,8 @@ class LossWeighting(nn.Module):
 
 
 def soft_targets(teacher_probs: Sequence[Tensor]) -> Tensor:
-    """Mean of K teachers' outputs: K x ``(B, C)`` class probabilities -> ``(B, C)``.
-
-    For regression teachers pass their predictions (``(B,)`` or ``(B, 1)``); the mean is the target.
+    """Mean of K teachers' outputs (``TaskKind.teacher_targets``): K x ``(B, C)`` class
+    probabilities -> ``(B, C)``; for regression teachers, K x ``(B,)`` predictions -> ``(B,)``.
     """
     if len(teacher_probs) == 0:
         raise ValueError("teacher_probs is empty; give at least one teacher's probabilities")
@@ -134,42 +131,16 @@ def soft_targets(teacher_probs: Sequence[Tensor]) -> Tensor:
     return torch.stack(list(teacher_probs)).mean(dim=0)
 
 
-def distillation_loss(student_logits: Tensor, targets: Tensor,
-                      kind: KDKind = "classification") -> Tensor:
-    """Student loss against the teachers' soft targets, a scalar ``()``.
+def mixed_loss(kd: Tensor, gold: Tensor | None, alpha: float) -> Tensor:
+    """``alpha``·KD + (1 − ``alpha``)·gold, scalars ``()``: ``kd`` from the kind's
+    ``distillation_loss``, ``gold`` the loss the task head already computed on the gold labels.
 
-    - classification: ``(..., C)`` logits and probabilities Q ->
-      mean over examples of −Σ_c Q(c|x)·log P(c|x) (log_softmax, so no log(0)).
-    - regression: ``(B,)`` or ``(B, 1)`` predictions -> MSE to the teachers' mean prediction.
+    ``alpha = 1`` is pure distillation (``gold`` is then not needed), ``alpha = 0`` pure supervision.
     """
-    check_choice("kind", kind, get_args(KDKind))
-    if kind == "regression":
-        student, targets = student_logits.reshape(-1), targets.reshape(-1)
-        if student.shape != targets.shape:
-            raise ValueError(f"regression student {tuple(student_logits.shape)} and targets "
-                             f"{tuple(targets.shape)} hold different numbers of predictions")
-        return F.mse_loss(student, targets.to(student.dtype))
-    if student_logits.shape != targets.shape:
-        raise ValueError(f"student_logits {tuple(student_logits.shape)} and soft targets "
-                         f"{tuple(targets.shape)} must have the same shape (..., C)")
-    log_p = F.log_softmax(student_logits, dim=-1)
-    return -(targets.to(log_p.dtype) * log_p).sum(dim=-1).mean()
-
-
-def mixed_loss(student_logits: Tensor, targets: Tensor, labels: Tensor, alpha: float,
-               kind: KDKind = "classification") -> Tensor:
-    """``alpha``·KD + (1 − ``alpha``)·gold-label loss (CE, or MSE for regression), a scalar ``()``.
-
-    ``alpha = 1`` is pure distillation (labels are then not used), ``alpha = 0`` pure supervision.
-    Shapes: logits ``(B, C)``, targets ``(B, C)``, labels ``(B,)`` class ids (regression: floats).
-    """
-    if not 0.0 <= alpha <= 1.0:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r} must be in [0, 1] (1 = pure distillation, 0 = gold labels only)")
-    kd = distillation_loss(student_logits, targets, kind)
     if alpha == 1.0:
         return kd
-    if kind == "regression":
-        hard = F.mse_loss(student_logits.reshape(-1), labels.reshape(-1).to(student_logits.dtype))
-    else:
-        hard = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
-    return alpha * kd + (1.0 - alpha) * hard
+    if gold is None:
+        raise ValueError(f"alpha={alpha!r} mixes in the gold-label loss, so the batch needs labels")
+    return alpha * kd + (1.0 - alpha) * gold

@@ -1,13 +1,13 @@
 """GLUE metrics over a whole dev set, computed by scikit-learn and scipy.
 
 Every metric is ``metric(preds, labels) -> float`` on 1-D arrays (multi-label accuracy: 2-D, exact
-match). Predictions come from ``logits_to_predictions``.
+match). Task kinds (``pal_adapters.tasks``) choose which of them apply and build their inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +16,6 @@ from sklearn import metrics as skm
 
 from pal_adapters.config import check_choice
 
-PredictionKind = Literal["classification", "regression", "multi_label"]
 Metric = Callable[[Any, Any], float]
 
 
@@ -93,24 +92,3 @@ def compute_metrics(names: Iterable[str], preds: Any, labels: Any) -> dict[str, 
         raise ValueError(f"preds {preds.shape} and labels {labels.shape} must be non-empty and "
                          "of equal length")
     return {name: METRICS[name](preds, labels) for name in names}
-
-
-def logits_to_predictions(logits: Any, kind: PredictionKind = "classification") -> np.ndarray:
-    """Head outputs -> predictions as a numpy array.
-
-    - classification: ``(B, C)`` -> ``(B,)`` argmax class ids.
-    - regression: ``(B, 1)`` or ``(B,)`` -> ``(B,)`` scores.
-    - multi_label: ``(B, L)`` -> ``(B, L)`` 0/1, sigmoid(logit) > 0.5.
-    """
-    check_choice("kind", kind, get_args(PredictionKind))
-    x = _to_numpy(logits)
-    if kind == "classification":
-        return x.argmax(axis=-1)
-    if kind == "regression":
-        if x.ndim == 2 and x.shape[-1] == 1:
-            return x[:, 0]
-        if x.ndim != 1:
-            raise ValueError(f"regression logits have shape {x.shape}; expected (B, 1) or (B,)")
-        return x
-    # sigmoid(x) > 0.5 exactly when x > 0; comparing logits avoids rounding near 0.5.
-    return (x > 0).astype(np.int64)

@@ -20,7 +20,10 @@ from typing import Any, Literal
 import datasets
 import pyarrow as pa
 
-from ..config import check_choice
+from ..config import TaskConfig, check_choice
+from ..tasks import kind_of
+from ..tasks.classification import class_id_converter
+from ..tasks.regression import to_float
 from .taskdefs import GLUE_LAYOUTS, TaskDef
 
 Columns = dict[str, list[Any]]
@@ -28,47 +31,10 @@ LabelConverter = Callable[[Any], Any]
 _EXTENSIONS = {"glue_tsv": ".tsv", "tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl"}
 
 
-def make_label_converter(task_type: str, num_labels: int, label_map: Mapping[str, int]) -> LabelConverter:
-    """A function raw label -> model label: class id (``int``), ``float`` (regression) or multi-hot list.
-
-    Strings are looked up in ``label_map`` first; numeric strings ("0", "1") and ints are taken as
-    class ids and range-checked against ``num_labels``.
-    """
-    check_choice("type", task_type, ("classification", "regression", "multi_label"))
-    if task_type == "regression":
-        return _to_float
-    to_id = partial(_to_class_id, num_labels=num_labels, label_map=dict(label_map))
-    if task_type == "multi_label":
-        return partial(_to_multi_hot, to_id=to_id, num_labels=num_labels)
-    return to_id
-
-
-def _to_float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"label {value!r} is not a number (regression labels are floats)") from None
-
-
-def _to_class_id(value: Any, num_labels: int, label_map: dict[str, int]) -> int:
-    if isinstance(value, str):
-        if value in label_map:
-            return label_map[value]
-        if not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"label {value!r} is not in the label map; known labels: {sorted(label_map)}")
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_labels:
-        raise ValueError(f"label {value!r} is not a class id in 0..{num_labels - 1} nor a known label "
-                         f"{sorted(label_map)}")
-    return value
-
-
-def _to_multi_hot(value: Any, to_id: Callable[[Any], int], num_labels: int) -> list[float]:
-    names = value.split(",") if isinstance(value, str) else value
-    hot = [0.0] * num_labels
-    for name in names:
-        hot[to_id(name.strip() if isinstance(name, str) else name)] = 1.0
-    return hot
+def make_label_converter(task: TaskConfig, label_map: Mapping[str, int]) -> LabelConverter:
+    """A function raw label -> the ``label`` column's value, as the task's kind reads labels
+    (``TaskKind.label_converter``): a class id, a float (regression), a multi-hot list, ..."""
+    return kind_of(task).label_converter(label_map)
 
 
 def _read_lines(path: str | os.PathLike) -> list[str]:
@@ -185,10 +151,9 @@ def read_glue_tsv(path: str | os.PathLike, glue_task: str,
     """
     check_choice("glue_task", glue_task, tuple(GLUE_LAYOUTS))
     layout = GLUE_LAYOUTS[glue_task]
-    if convert_label is None:
-        task_type = "classification" if layout.labels else "regression"
-        convert_label = make_label_converter(task_type, len(layout.labels) or 1,
-                                             {name: i for i, name in enumerate(layout.labels)})
+    if convert_label is None:  # no labels in the layout marks a regression task (STS-B)
+        names = {name: i for i, name in enumerate(layout.labels)}
+        convert_label = class_id_converter(len(layout.labels), names) if layout.labels else to_float
     columns = read_tsv_columns(path, layout.header, skip_malformed=layout.skip_malformed)
     return map_columns(datasets.Dataset.from_dict(columns), layout.text_columns, layout.label_column,
                        convert_label, where=str(path))
@@ -196,7 +161,8 @@ def read_glue_tsv(path: str | os.PathLike, glue_task: str,
 
 def load_split(task_def: TaskDef, split: Literal["train", "dev"],
                cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
-    """The standard-column dataset of a task's ``"train"`` or ``"dev"`` split."""
+    """The standard-column dataset of a task's ``"train"`` or ``"dev"`` split, in the row order
+    its kind needs (``TaskKind.arrange``: ranking puts one query's candidates together)."""
     try:
         ds = _read_split(task_def, split, cache_dir)
     except (FileNotFoundError, ValueError) as e:  # name the task: a file path alone may not say which
@@ -204,7 +170,7 @@ def load_split(task_def: TaskDef, split: Literal["train", "dev"],
             raise
         error = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
         raise error(f"task {task_def.name!r}, {split} split: {e}") from e
-    return ds
+    return task_def.kind.arrange(ds)
 
 
 def _read_split(task_def: TaskDef, split: Literal["train", "dev"],
@@ -217,8 +183,7 @@ def _read_split(task_def: TaskDef, split: Literal["train", "dev"],
     source, name = task_def.data, getattr(task_def.data, split)
     if name is None:
         raise ValueError(f"task {task_def.name!r} has no {split} split (data.{split} is null)")
-    task = task_def.task
-    convert = make_label_converter(task.type, task.num_labels, task_def.label_map)
+    convert = make_label_converter(task_def.task, task_def.label_map)
     if source.kind == "hub":
         cache = None if cache_dir is None else str(cache_dir)
         ds = datasets.load_dataset(source.path, source.subset, split=name, cache_dir=cache)

@@ -51,11 +51,15 @@ class TaskData:
     dev: datasets.Dataset | None
 
 
-def _cap(ds: datasets.Dataset, limit: int, seed: int) -> datasets.Dataset:
-    """At most ``limit`` examples, a seeded random subset (0 = all)."""
+def _cap(ds: datasets.Dataset, limit: int, seed: int, group: int = 1) -> datasets.Dataset:
+    """At most ``limit`` examples, a seeded random subset (0 = all), in whole groups of ``group``
+    consecutive rows (ranking: one query's candidates; at least one group)."""
     if not limit or len(ds) <= limit:
         return ds
-    return ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
+    if group == 1:
+        return ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
+    keep = torch.randperm(len(ds) // group, generator=torch.Generator().manual_seed(seed))[:max(1, limit // group)]
+    return ds.select([u * group + i for u in keep.tolist() for i in range(group)]).flatten_indices()
 
 
 def prepare_data(defs: dict[str, TaskDef], tokenizer: Any, config: TrainConfig,
@@ -68,14 +72,14 @@ def prepare_data(defs: dict[str, TaskDef], tokenizer: Any, config: TrainConfig,
             if getattr(d.data, split) is None:
                 splits[split] = None
                 continue
-            raw = _cap(load_split(d, split), cap, config.seed)
-            splits[split] = tokenize(raw, tokenizer, d.max_length, cache_dir=cache_dir)
+            raw = _cap(load_split(d, split), cap, config.seed, d.kind.group_size)
+            splits[split] = tokenize(raw, tokenizer, d.max_length, cache_dir=cache_dir, kind=d.kind)
         out[name] = TaskData(d, splits["train"], splits["dev"])
     return out
 
 
 def dev_loaders(data: dict[str, TaskData], tokenizer: Any, batch_size: int) -> dict[str, Any]:
-    return {name: make_dataloader(td.dev, tokenizer, batch_size, shuffle=False)
+    return {name: make_dataloader(td.dev, tokenizer, batch_size, shuffle=False, kind=td.definition.kind)
             for name, td in data.items() if td.dev is not None}
 
 

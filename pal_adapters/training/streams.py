@@ -5,29 +5,36 @@ examples (length-grouped, seeded by the run seed, the task and ``e``), and a cur
 ``(epoch, position)`` says what comes next. ``take(n)`` returns the next ``n`` example indices.
 Every process builds the same global batch and keeps its own share of the rows, so a run on
 ``k`` processes sees exactly the data of a one-process run with the same global batch, and a
-cursor saved in a checkpoint resumes the stream exactly.
+cursor saved in a checkpoint resumes the stream exactly. A task kind's groups of rows (ranking:
+one query's ``num_candidates`` candidates) are never split: ``take`` rounds up to whole groups.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
 
+from ..tasks import TaskKind
 from .data import DynamicPaddingCollator, LengthGroupedBatchSampler
 
 
 class TaskStream:
-    """An endless, seeded, resumable order over one task's examples."""
+    """An endless, seeded, resumable order over one task's examples (``kind``: the task's kind,
+    which collates its labels and fixes its group size; None = a classification task's)."""
 
-    def __init__(self, task: str, dataset: datasets.Dataset, batch_size: int, seed: int):
-        self.task, self.dataset = task, dataset
+    def __init__(self, task: str, dataset: datasets.Dataset, batch_size: int, seed: int,
+                 kind: TaskKind | None = None):
+        self.task, self.dataset, self.kind = task, dataset, kind
+        self.group_size = kind.group_size if kind is not None else 1
         lengths = dataset["length"] if "length" in dataset.column_names else [len(x) for x in dataset["input_ids"]]
         seed = seed * 1_000_003 + zlib.crc32(task.encode())  # each task its own, stable, order
-        self._sampler = LengthGroupedBatchSampler(list(lengths), batch_size, seed=seed)
+        self._sampler = LengthGroupedBatchSampler(list(lengths), batch_size, seed=seed, group_size=self.group_size)
         self.epoch, self.position = 0, 0
         self._order: list[int] | None = None
 
@@ -41,7 +48,9 @@ class TaskStream:
         return self._order
 
     def take(self, n: int) -> list[int]:
-        """The next ``n`` example indices, continuing into the next epoch when this one ends."""
+        """The next ``n`` example indices (rounded up to whole groups), continuing into the next
+        epoch when this one ends."""
+        n = -(-n // self.group_size) * self.group_size
         out: list[int] = []
         while len(out) < n:
             order = self._current_order()
@@ -68,10 +77,11 @@ def shard(indices: list[int], rank: int, world: int) -> list[int]:
 
 
 def collate(stream: TaskStream, indices: list[int], collator: DynamicPaddingCollator) -> dict[str, torch.Tensor]:
-    """Padded tensors (and ``labels``) for ``indices`` of one task, plus their ``example_index``."""
+    """Padded model inputs (and ``labels``, collated by the stream's kind) for ``indices`` of one
+    task, plus their ``example_index``. A kind's extra columns are not training inputs: dropped."""
     rows = stream.dataset.select(indices)
-    features = [{k: v for k, v in row.items() if k != "length"} for row in rows]
-    batch = collator(features)
+    collator = dataclasses.replace(collator, kind=stream.kind or collator.kind, keep_extra=False)
+    batch = collator([dict(row) for row in rows])
     batch["example_index"] = torch.tensor(indices, dtype=torch.long)
     return batch
 
@@ -83,16 +93,22 @@ def mixed_counts(probabilities: dict[str, float], batch_size: int, rng: np.rando
     return {t: int(c) for t, c in zip(tasks, counts, strict=True) if c}
 
 
-def collate_mixed(parts: list[tuple[str, dict[str, torch.Tensor]]], pad_id: int) -> dict[str, Any]:
-    """Join per-task batches into one: pad to the longest, ``task_ids`` per row, labels per task."""
+def collate_mixed(parts: list[tuple[str, dict[str, torch.Tensor]]], pad_id: int,
+                  kinds: Mapping[str, TaskKind] | None = None) -> dict[str, Any]:
+    """Join per-task batches into one: pad to the longest, ``task_ids`` per row, labels per task.
+
+    ``kinds`` (task -> kind) re-pads each task's labels to the joint length (``TaskKind.pad_labels``:
+    token labels ``(n, T_task) -> (n, T)`` with -100); tasks without a kind keep theirs as they are.
+    """
     length = max(b["input_ids"].shape[1] for _, b in parts)
+    kinds = kinds or {}
     keys = [k for k in parts[0][1] if k not in ("labels", "example_index")]
     out: dict[str, Any] = {}
     for key in keys:
         fill = pad_id if key == "input_ids" else 0
         out[key] = torch.cat([_pad(b[key], length, fill) for _, b in parts])
     out["task_ids"] = [t for t, b in parts for _ in range(b["input_ids"].shape[0])]
-    out["labels"] = {t: b["labels"] for t, b in parts}
+    out["labels"] = {t: kinds[t].pad_labels(b["labels"], length) if t in kinds else b["labels"] for t, b in parts}
     out["example_index"] = {t: b["example_index"] for t, b in parts}
     return out
 

@@ -10,7 +10,8 @@ A YAML file (or an equivalent dict) holds one flat mapping per task::
         num_labels: 2
         labels: [entailment, not_entailment]   # index = class id; gives label_map by default
         label_map: {entailment: 0, not_entailment: 1}   # optional: raw label string -> class id
-        metrics: [accuracy]            # optional for GLUE tasks (their official metrics)
+        metrics: [accuracy]            # optional: default GLUE's official metrics, else the kind's defaults
+        options: {}                    # optional: the kind's options (e.g. QA doc_stride), TaskKind.options
         max_length: 128                # optional
         data: {kind: glue_tsv, glue_task: rte}   # see DataSource
 
@@ -30,11 +31,13 @@ from typing import Any, Literal, get_args
 import yaml
 
 from ..config import TaskConfig, check_choice
-from .metrics import GLUE_TASK_METRICS, METRICS
+from ..tasks import TaskKind, get_kind
+from ..tasks.classification import ClassificationKind
+from ..tasks.regression import RegressionKind
+from .metrics import GLUE_TASK_METRICS
 
-SourceKind = Literal["glue_tsv", "csv", "tsv", "jsonl", "hub"]
-FILE_KINDS = ("glue_tsv", "csv", "tsv", "jsonl")  # the kinds read from local files
-REGRESSION_METRICS = frozenset({"pearson", "spearman", "mse", "mae"})
+SourceKind = Literal["glue_tsv", "csv", "tsv", "jsonl", "hub", "squad_json", "conll"]
+FILE_KINDS = ("glue_tsv", "csv", "tsv", "jsonl", "squad_json", "conll")  # the kinds read from local files
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,10 @@ class DataSource:
 
     Attributes:
         kind: ``"glue_tsv"`` (official GLUE TSV, columns from ``glue_task``), ``"csv"``, ``"tsv"``
-            (header row, no quoting), ``"jsonl"`` (one object per line) or ``"hub"``
-            (``datasets.load_dataset(path, subset, split=...)``).
+            (header row, no quoting), ``"jsonl"`` (one object per line), ``"hub"``
+            (``datasets.load_dataset(path, subset, split=...)``) or ``"squad_json"`` (SQuAD's
+            official JSON; a split name may select articles: ``"dev-v1.1.json[0:38]"``) or ``"conll"``
+            (CoNLL token-per-line files ``<split>.txt``, for token classification; see conll.py).
         path: a folder holding ``<split>.<ext>`` files (GLUE default: the task's folder name, e.g.
             ``RTE``), or the hub dataset name.
         subset: the hub config name (e.g. ``rte`` for ``nyu-mll/glue``).
@@ -93,7 +98,10 @@ class DataSource:
         train, dev: split names (file stem or hub split); ``None`` = no such split (e.g. eval-only
             tasks); ``""`` = the default (``train``; ``dev``, GLUE MNLI ``dev_matched``, hub ``validation``).
         text_columns: one or two text columns, mapped to ``text_a``/``text_b``.
-        label_column: the label column, mapped to ``label`` (default ``label``).
+        label_column: the label column, mapped to ``label`` (default ``label``). Token classification
+            from JSONL or the hub: ``text_columns: [tokens]`` (a word list) and ``label_column`` the tag
+            list (e.g. ``ner_tags``), mapped to ``tokens``/``tags``.
+        tag_column: ``conll`` only: the tag's index among a line's fields (default -1, the last).
     """
 
     kind: SourceKind
@@ -104,9 +112,14 @@ class DataSource:
     dev: str | None = ""
     text_columns: tuple[str, ...] = ()
     label_column: str | None = None
+    tag_column: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, get_args(SourceKind))
+        if (self.tag_column is not None) and self.kind != "conll":
+            raise ValueError(f"tag_column={self.tag_column!r} is only used by kind='conll', not kind={self.kind!r}")
+        if self.kind == "conll" and self.tag_column is None:
+            self._set("tag_column", -1)
         layout = self._glue_layout()
         default_dev = "dev" if layout is None else layout.dev_split
         if self.kind == "hub":
@@ -144,6 +157,10 @@ class DataSource:
                 raise ValueError(f"text_columns={columns!r}, label_column={label!r}: kind='glue_tsv' takes "
                                  "its columns from glue_task; use kind='tsv' to choose them")
             columns, label = layout.text_columns, layout.label_column
+        elif self.kind == "squad_json":  # SQuAD's own JSON (training/squad.py): fixed QA columns
+            columns, label = ("question", "context"), "answers"
+        elif self.kind == "conll":  # CoNLL files (training/conll.py): words and tags, by position
+            columns, label = ("tokens",), "tags"
         else:
             columns = columns or (layout.hub_text_columns if layout else ())
             label = self.label_column or "label"
@@ -160,10 +177,12 @@ class DataSource:
 
 @dataclass(frozen=True)
 class TaskDef:
-    """One task: its head config, data, metrics, maximum length and label mapping.
+    """One task: its head config, data, metrics, maximum length, label mapping and kind options.
 
     ``label_map`` maps raw label strings to class ids. It defaults to ``task.labels`` (index = id),
     then to the GLUE layout's hub label order; numeric labels ("0", "1", 2) need no entry.
+    ``metrics`` default to a GLUE task's official ones, else to the kind's ``default_metrics``.
+    ``options`` are the kind's options (``TaskKind.options``); ``kind`` is the task's kind object.
     """
 
     name: str
@@ -172,32 +191,44 @@ class TaskDef:
     metrics: tuple[str, ...] = ()
     max_length: int = 128
     label_map: dict[str, int] = field(default_factory=dict, hash=False)
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         layout = self.data.glue_layout
+        if not isinstance(self.options, Mapping):
+            raise ValueError(f"options={self.options!r} must be a mapping of option name -> value")
+        object.__setattr__(self, "options", dict(self.options))
+        object.__setattr__(self, "_kind", get_kind(self.task.type)(self.task, **self.options))
         metrics = tuple(self.metrics) or GLUE_TASK_METRICS.get(self.data.glue_task or "", ())
+        metrics = metrics or self.kind.default_metrics
         object.__setattr__(self, "metrics", metrics)
-        _check_metrics(self.task.type, metrics)
+        _check_metrics(self.kind, metrics)
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 2:
             raise ValueError(f"max_length={self.max_length!r} must be an integer >= 2")
         if layout is not None:
             _check_glue_fit(self.task, layout)
         label_map = dict(self.label_map)
-        if not label_map and self.task.type != "regression":
+        if not label_map and self.kind.uses_label_names:
             names = self.task.labels or (layout.labels if layout else ())
             label_map = {name: i for i, name in enumerate(names)}
         object.__setattr__(self, "label_map", label_map)
         self._check_label_map()
 
     def _check_label_map(self) -> None:
-        if self.label_map and self.task.type == "regression":
-            raise ValueError(f"label_map={self.label_map!r} is not used by type='regression' (float labels)")
+        if self.label_map and not self.kind.uses_label_names:
+            raise ValueError(f"label_map={self.label_map!r} is not used by type={self.task.type!r} "
+                             "(its labels are not class names)")
         valid = range(self.task.num_labels)
         bad = {k: v for k, v in self.label_map.items()
                if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool) or v not in valid}
         if bad:
             raise ValueError(f"label_map entries {bad!r} are invalid; keys must be strings and values "
                              f"class ids in 0..{self.task.num_labels - 1}")
+
+    @property
+    def kind(self) -> TaskKind:
+        """The task's kind, with this definition's ``options``."""
+        return self._kind
 
     @property
     def eval_only(self) -> bool:
@@ -211,23 +242,23 @@ class TaskDef:
         if self.data.kind == "glue_tsv":  # implied by glue_task
             del data["text_columns"], data["label_column"]
         d.update(metrics=list(self.metrics), max_length=self.max_length, label_map=dict(self.label_map))
+        if self.options:
+            d["options"] = dict(self.options)
         d["data"] = data
         return d
 
 
-def _check_metrics(task_type: str, metrics: tuple[str, ...]) -> None:
+def _check_metrics(kind: TaskKind, metrics: tuple[str, ...]) -> None:
     if not metrics:
-        raise ValueError(f"metrics=[] is empty; choose from {sorted(METRICS)}")
-    fits = REGRESSION_METRICS if task_type == "regression" else set(METRICS) - REGRESSION_METRICS
+        raise ValueError(f"metrics=[] is empty; choose from {sorted(kind.metrics)}")
     for name in metrics:
-        check_choice("metric", name, tuple(sorted(METRICS)))
-        if name not in fits:
-            raise ValueError(f"metric={name!r} does not fit type={task_type!r}; choose from "
-                             f"{sorted(fits & set(METRICS))}")
+        if name not in kind.metrics:
+            raise ValueError(f"metric={name!r} does not fit type={kind.name!r}; choose from "
+                             f"{sorted(kind.metrics)}")
 
 
 def _check_glue_fit(task: TaskConfig, layout: GlueLayout) -> None:
-    expected = "regression" if not layout.labels else "classification"
+    expected = RegressionKind.name if not layout.labels else ClassificationKind.name
     if task.type != expected or (layout.labels and task.num_labels != len(layout.labels)):
         need = f"num_labels={len(layout.labels)}" if layout.labels else "num_labels=1"
         raise ValueError(f"type={task.type!r}, num_labels={task.num_labels} does not fit GLUE "
@@ -235,7 +266,7 @@ def _check_glue_fit(task: TaskConfig, layout: GlueLayout) -> None:
 
 
 TOP_LEVEL_FIELDS = ("tasks", "data_dir", "max_length")
-TASKDEF_FIELDS = ("metrics", "data", "max_length", "label_map")
+TASKDEF_FIELDS = ("metrics", "data", "max_length", "label_map", "options")
 TASKCONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig))
 
 
@@ -301,7 +332,8 @@ def _parse_task(name: str, spec: Any, root: Path, max_length: Any) -> TaskDef:
         task = TaskConfig(**{k: spec[k] for k in TASKCONFIG_FIELDS if k in spec})
         label_map = dict(spec.get("label_map") or {})
         return TaskDef(name=name, task=task, data=source, metrics=tuple(metrics),
-                       max_length=spec.get("max_length", max_length), label_map=label_map)
+                       max_length=spec.get("max_length", max_length), label_map=label_map,
+                       options=spec.get("options") or {})
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: {e}") from None
 
