@@ -252,7 +252,98 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, tokenizer):
 @pytest.mark.parametrize(("split", "sentences", "tokens"), [
     ("train", 14041, 203621), ("dev", 3250, 51362), ("test", 3453, 46435)])
 def test_conll2003_official_counts(split, sentences, tokens):
+    from pal_adapters.training.readers import load_split
+    from pal_adapters.training.taskdefs import load_task_defs
+
     columns = read_conll(CONLL_DIR / f"{split}.txt")
     assert len(columns["tokens"]) == sentences
     assert sum(map(len, columns["tokens"])) == tokens == sum(map(len, columns["tags"]))
     assert set(tag for tags in columns["tags"] for tag in tags) == set(TAGS)
+    task = conll_task(CONLL_DIR, train=None, dev=split)  # the run-file path: class ids in the hub's order
+    ds = load_split(load_task_defs({"tasks": {"conll": task}})["conll"], "dev")
+    assert ds.num_rows == sentences and ds[0]["tags"] == [ID[t] for t in columns["tags"][0]]
+
+
+# ---- from a run file: conll and JSONL sources, train, eval, predict -------------------------------
+SENTENCES = [(["John", "Smith", "lives", "in", "Paris", "."], ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]),
+             (["unbelievable", "New", "York", ","], ["B-MISC", "B-LOC", "I-LOC", "O"]),
+             (["John", "in", "New", "York"], ["B-PER", "O", "B-LOC", "I-LOC"])]
+
+
+def write_conll(path: Path, sentences=SENTENCES, repeat: int = 4) -> Path:
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for words, tags in sentences * repeat:
+        lines += [f"{w} NN O {t}" for w, t in zip(words, tags, strict=True)] + [""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def conll_task(root: Path, **data) -> dict:
+    return {"type": "token_classification", "num_labels": len(TAGS), "labels": list(TAGS), "max_length": 16,
+            "data": {"kind": "conll", "path": str(root), **data}}
+
+
+@pytest.fixture(scope="module")
+def ner_run(tmp_path_factory, tokenizer):
+    import yaml
+
+    from pal_adapters.cli import main
+
+    root = tmp_path_factory.mktemp("ner_run")
+    tiny_model("bert", vocab_size=len(VOCAB)).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    write_conll(root / "train.txt")
+    write_conll(root / "dev.txt", repeat=1)
+    task = conll_task(root) | {"options": {"label_all_subtokens": True}}
+    run_file = root / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"model": str(root / "base"), "adapter": "pal", "tasks": {"ner": task},
+                                        "training": {"batch_size": 4, "lr": 1e-3, "eval_every": 2}}))
+    assert main(["train", str(run_file), "--output-dir", str(root / "out"), "--max-steps", "2"]) == 0
+    return root
+
+
+def test_conll_and_jsonl_sources_read_the_same_rows(ner_run):
+    from pal_adapters.training.readers import load_split
+    from pal_adapters.training.taskdefs import load_task_defs
+
+    (ner_run / "jsonl").mkdir(exist_ok=True)
+    (ner_run / "jsonl" / "dev.jsonl").write_text("\n".join(
+        json.dumps({"words": w, "ner": t}) for w, t in SENTENCES) + "\n")
+    jsonl = {"kind": "jsonl", "path": str(ner_run / "jsonl"), "text_columns": ["words"], "label_column": "ner"}
+    defs = load_task_defs({"tasks": {"a": conll_task(ner_run), "b": conll_task(ner_run) | {"data": jsonl}}})
+    a, b = load_split(defs["a"], "dev"), load_split(defs["b"], "dev")
+    assert defs["a"].metrics == ("f1", "precision", "recall", "accuracy") and defs["a"].data.tag_column == -1
+    assert a.to_list() == b.to_list() == [{"tokens": w, "tags": [ID[x] for x in t]} for w, t in SENTENCES]
+
+
+def test_conll_source_needs_a_token_task(tmp_path):
+    from pal_adapters.training.readers import load_split
+    from pal_adapters.training.taskdefs import load_task_defs
+
+    write_conll(tmp_path / "dev.txt")
+    spec = {"type": "classification", "metrics": ["accuracy"], "data": {"kind": "conll", "path": str(tmp_path)}}
+    with pytest.raises(ValueError, match="'conll'.*classification"):
+        load_split(load_task_defs({"tasks": {"x": spec}})["x"], "dev")
+    with pytest.raises(ValueError, match="tag_column"):
+        load_task_defs({"tasks": {"x": conll_task(tmp_path) | {"data": {"kind": "jsonl", "path": "x",
+                                                                      "tag_column": 2}}}})
+
+
+def test_train_reports_seqeval_metrics_and_predict_prints_entity_spans(ner_run, capsys):
+    from pal_adapters.cli import main
+    from pal_adapters.training.report import read_jsonl
+
+    evals = [r for r in read_jsonl(ner_run / "out" / "log.jsonl") if r["kind"] == "eval"]
+    metrics = evals[-1]["metrics"]["ner"]
+    assert set(metrics) == {"f1", "precision", "recall", "accuracy"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert main(["predict", str(ner_run / "out" / "last"), "--task", "ner", TEXT]) == 0
+    got = json.loads(capsys.readouterr().out)["predictions"]["ner"]
+    model = MultiTaskModel.from_pretrained(ner_run / "out" / "last",
+                                           backbone=tiny_model("bert", vocab_size=len(VOCAB))).eval()
+    kind = kind_of(model.tasks["ner"])
+    inputs, context = kind.encode_for_predict([{"text": TEXT}], BertTokenizer.from_pretrained(ner_run / "base"), 128)
+    with torch.no_grad():
+        assert got == kind.describe(model(**inputs, task="ner").logits, context)[0]
+    for e in got["entities"]:
+        assert TEXT[e["start"]:e["end"]] == e["text"]
