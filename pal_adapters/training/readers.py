@@ -24,11 +24,12 @@ from ..config import TaskConfig, check_choice
 from ..tasks import kind_of
 from ..tasks.classification import class_id_converter
 from ..tasks.regression import to_float
+from .conll import convert_tags, map_token_columns, read_conll_dataset
 from .taskdefs import GLUE_LAYOUTS, TaskDef
 
 Columns = dict[str, list[Any]]
 LabelConverter = Callable[[Any], Any]
-_EXTENSIONS = {"glue_tsv": ".tsv", "tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl"}
+_EXTENSIONS = {"glue_tsv": ".tsv", "tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl", "conll": ".txt"}
 
 
 def make_label_converter(task: TaskConfig, label_map: Mapping[str, int]) -> LabelConverter:
@@ -183,18 +184,33 @@ def _read_split(task_def: TaskDef, split: Literal["train", "dev"],
     source, name = task_def.data, getattr(task_def.data, split)
     if name is None:
         raise ValueError(f"task {task_def.name!r} has no {split} split (data.{split} is null)")
+    tagged = "tokens" in task_def.kind.columns  # sentences of words and tags (conll.py)
+    if source.kind == "conll" and not tagged:
+        raise ValueError(f"data kind 'conll' holds tagged words; type={task_def.task.type!r} cannot read them")
     convert = make_label_converter(task_def.task, task_def.label_map)
     if source.kind == "hub":
         cache = None if cache_dir is None else str(cache_dir)
         ds = datasets.load_dataset(source.path, source.subset, split=name, cache_dir=cache)
+        if tagged:
+            return _tagged(ds, source, convert, f"task {task_def.name!r} ({source.path}/{source.subset}:{name})")
         return map_columns(ds, source.text_columns, source.label_column, convert,
                            where=f"task {task_def.name!r} ({source.path}/{source.subset}:{name})")
     path = Path(source.path) / (name if Path(name).suffix else name + _EXTENSIONS[source.kind])
     if source.kind == "glue_tsv":
         return read_glue_tsv(path, source.glue_task, convert)
+    if source.kind == "conll":
+        return convert_tags(read_conll_dataset(path, source.tag_column), convert, where=str(path))
     readers = {"tsv": read_tsv_columns, "csv": read_csv_columns, "jsonl": read_jsonl_columns}
     try:
         ds = datasets.Dataset.from_dict(readers[source.kind](path))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. a JSONL key holding both 0 and "pos"
         raise ValueError(f"{str(path)!r}: a column mixes value types ({e})") from None
+    if tagged:
+        return _tagged(ds, source, convert, str(path))
     return map_columns(ds, source.text_columns, source.label_column, convert, where=str(path))
+
+
+def _tagged(ds: datasets.Dataset, source: Any, convert: LabelConverter, where: str) -> datasets.Dataset:
+    """A JSONL/hub dataset's word-list and tag-list columns -> ``tokens`` and ``tags`` (class ids)."""
+    columns = map_token_columns(ds, source.text_columns[0], source.label_column, where=where)
+    return convert_tags(columns, convert, where=where)
