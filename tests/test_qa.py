@@ -368,3 +368,20 @@ def test_train_reports_exact_match_and_f1_and_predict_prints_the_span(qa_run, ca
     with torch.no_grad():
         want = model.heads["qa"].kind.describe(model(**inputs, task="qa").logits, windows)[0]
     assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_qa_rows_of_a_mixed_batch_equal_a_qa_only_forward(tokenizer):
+    model = qa_model(tokenizer)
+    model.add_task("cls", TaskConfig(num_labels=3))
+    randomize_adapters(model, seed=5)
+    kind = ExtractiveQAKind(TaskConfig(type="extractive_qa"), doc_stride=2)
+    inputs, _ = kind.encode_for_predict([{"question": "who", "context": CONTEXT}], tokenizer, max_length=9)
+    others = tokenizer(["alpha bravo", "kilo lima india"], padding="max_length", max_length=9, return_tensors="pt")
+    batch = {k: torch.cat([inputs[k][:2], others[k], inputs[k][2:]]) for k in inputs}  # qa, qa, cls, cls, qa, qa
+    task_ids = ["qa", "qa", "cls", "cls", "qa", "qa"]
+    with torch.no_grad():
+        mixed = model(**batch, task_ids=task_ids)
+        alone = model(**inputs, task="qa").logits
+        cls = model(**others, task="cls").logits
+    assert mixed.task_rows["qa"].tolist() == [0, 1, 4, 5]
+    assert torch.allclose(mixed.logits["qa"], alone, atol=1e-5) and torch.allclose(mixed.logits["cls"], cls, atol=1e-5)
