@@ -221,6 +221,8 @@ def test_entities_map_back_to_exact_character_spans(tokenizer):
     for e in out["entities"]:
         assert TEXT[e["start"]:e["end"]] == e["text"]
     json.dumps(out)  # predict prints JSON lines
+    with pytest.raises(ValueError, match="text_b"):  # predict then skips this task for pairs
+        kind.encode_for_predict([{"text": TEXT, "text_b": TEXT}], tokenizer, 64)
 
 
 # ---- save / load -----------------------------------------------------------------------------------

@@ -215,6 +215,8 @@ class TokenClassificationKind(TaskKind):
                            max_length: int) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
         """Raw ``text`` rows -> padded inputs; context: each row's text, ``word_ids`` and offsets."""
         _require_fast(tokenizer)
+        if any("text_b" in r for r in rows):
+            raise ValueError(f"type={self.name!r} tags the words of one text; rows with text_b are pairs")
         texts = [r["text"] for r in rows]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
                         return_offsets_mapping=True)
