@@ -14,8 +14,16 @@ from transformers import BertTokenizerFast
 from pal_adapters import TaskConfig, add_pal
 from pal_adapters.tasks.extractive_qa import ExtractiveQAKind
 from pal_adapters.tasks.qa_windows import answer_positions, best_spans, make_windows
-from pal_adapters.training.squad import (exact_match, f1, normalize_answer, parse_article_range, read_squad_json,
-                                         split_file_and_articles, squad_columns, squad_scores)
+from pal_adapters.training.squad import (
+    exact_match,
+    f1,
+    normalize_answer,
+    parse_article_range,
+    read_squad_json,
+    split_file_and_articles,
+    squad_columns,
+    squad_scores,
+)
 
 SQUAD_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad" / "dev-v1.1.json"
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
@@ -38,7 +46,7 @@ def char_span(text: str, phrase: str) -> tuple[int, int]:
 
 
 def qa_batch(question: str, context: str, answer: str | None, qid: str = "q0") -> dict:
-    answers = {"text": [answer], "answer_start": [context.index(answer)]} if answer else {"text": [], "answer_start": []}
+    answers = {"text": [answer] if answer else [], "answer_start": [context.index(answer)] if answer else []}
     return {"id": [qid], "question": [question], "context": [context], "answers": [answers]}
 
 

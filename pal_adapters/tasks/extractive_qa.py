@@ -20,15 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..training.squad import squad_scores
 from .base import TaskKind, require_integer, require_shape, require_tensor
-from .qa_windows import best_spans, make_windows
+from .qa_windows import Span, best_spans, make_windows
 
 
 # The kind reports fractions (0..1) like every other metric of the library, so the PALs rule of
@@ -40,6 +41,17 @@ def _exact_match(predictions: Mapping[str, str], references: Mapping[str, Sequen
 
 def _f1(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> float:
     return squad_scores(predictions, references)["f1"] / 100
+
+
+class Window(NamedTuple):
+    """What evaluation keeps of one window: start/end logits ``(T_w,)`` and the window's bookkeeping."""
+
+    example_id: str
+    start_logits: np.ndarray
+    end_logits: np.ndarray
+    offsets: list[tuple[int, int] | None]
+    context: str
+    answers: list[str]
 
 
 class ExtractiveQAKind(TaskKind):
@@ -96,9 +108,8 @@ class ExtractiveQAKind(TaskKind):
         return torch.tensor([list(x) for x in labels], dtype=torch.long).view(-1, 2)
 
     # ---- evaluation ----------------------------------------------------------------------------
-    def batch_outputs(self, logits: Tensor, batch: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """Per window: ``(example_id, start_logits, end_logits, offsets, context, gold texts)``,
-        the logits cut to the window's own tokens."""
+    def batch_outputs(self, logits: Tensor, batch: Mapping[str, Any]) -> list[Window]:
+        """One ``Window`` per row, its logits cut to the window's own tokens (padding dropped)."""
         missing = [k for k in ("example_id", "offset_mapping", "context", "answers") if k not in batch]
         if missing:
             raise ValueError(f"task type {self.name!r}: a dev batch lacks the window columns {missing} "
@@ -107,21 +118,20 @@ class ExtractiveQAKind(TaskKind):
         rows = []
         for i, offsets in enumerate(batch["offset_mapping"]):
             n = len(offsets)
-            rows.append((batch["example_id"][i], logits[i, :n, 0].numpy(), logits[i, :n, 1].numpy(),
-                         offsets, batch["context"][i], batch["answers"][i]))
+            rows.append(Window(batch["example_id"][i], logits[i, :n, 0].numpy(), logits[i, :n, 1].numpy(),
+                               offsets, batch["context"][i], list(batch["answers"][i])))
         return rows
 
-    def finish(self, outputs: list[Any]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    def finish(self, outputs: list[list[Window]]) -> tuple[dict[str, str], dict[str, list[str]]]:
         """``({question id: best answer text}, {question id: gold answer texts})`` over the dev set."""
         windows = [w for batch in outputs for w in batch]
         spans = self._spans(windows)
-        golds = {w[0]: list(w[5]) for w in windows}
-        return {qid: span.text for qid, span in spans.items()}, golds
+        return {qid: span.text for qid, span in spans.items()}, {w.example_id: w.answers for w in windows}
 
-    def _spans(self, windows: list[tuple[Any, ...]]) -> dict[str, Any]:
-        contexts = {w[0]: w[4] for w in windows}
-        return best_spans(contexts, [w[0] for w in windows], [w[3] for w in windows], [w[1] for w in windows],
-                          [w[2] for w in windows], n_best=self.options["n_best"],
+    def _spans(self, windows: list[Window]) -> dict[str, Span]:
+        return best_spans({w.example_id: w.context for w in windows}, [w.example_id for w in windows],
+                          [w.offsets for w in windows], [w.start_logits for w in windows],
+                          [w.end_logits for w in windows], n_best=self.options["n_best"],
                           max_answer_length=self.options["max_answer_length"])
 
     # ---- predict -------------------------------------------------------------------------------
@@ -142,7 +152,5 @@ class ExtractiveQAKind(TaskKind):
 
     def describe(self, logits: Tensor, context: Any) -> list[dict[str, Any]]:
         """One ``{"answer", "start", "end", "score"}`` per input row (``context[start:end] == answer``)."""
-        batch = {k: context[k] for k in ("example_id", "offset_mapping", "context")} | {
-            "answers": context["answers"]}
-        spans = self._spans(self.batch_outputs(logits, batch))
+        spans = self._spans(self.batch_outputs(logits, context))  # context: the windows' columns
         return [spans[str(i)].to_dict() for i in range(len(spans))]
