@@ -1,7 +1,8 @@
 """Checks of what a forward is given, so bad input gets an error that names it, never a guess.
 
-Cheap by design: shapes, one ``aminmax`` over ``input_ids`` (a few microseconds at 8 x 128 on a
-CPU; on an accelerator reading the result waits for the device), and Python over ``task_ids``.
+Cheap by design: shapes, two config fields, one ``aminmax`` over ``input_ids`` (about 6 us at
+8 x 128 on a CPU; on an accelerator, reading its result waits for the device), and Python over
+``task_ids``.
 """
 
 from __future__ import annotations
@@ -20,53 +21,78 @@ def _batch_tensor(inputs: dict[str, Any]) -> tuple[str, torch.Tensor]:
     raise ValueError("forward needs input_ids or inputs_embeds (a tensor)")
 
 
-def check_inputs(backbone: nn.Module, inputs: dict[str, Any]) -> int:
-    """Check ``input_ids`` ``(B, T)`` (or ``inputs_embeds`` ``(B, T, d_m)``) against the encoder;
-    returns the batch size B."""
-    key, x = _batch_tensor(inputs)
-    dims = 2 if key == "input_ids" else 3
-    if x.dim() != dims:
-        raise ValueError(f"{key} must have {dims} dimensions (batch, seq_len{', hidden' if dims == 3 else ''}); "
-                         f"got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"empty batch: {key} has shape {tuple(x.shape)}; pass at least one example of at least "
-                         "one token")
-    if "position_ids" not in inputs:
-        _check_length(backbone, x.shape[1])
-    if key == "input_ids":
-        _check_vocabulary(backbone, x)
-    return x.shape[0]
+class InputLimits:
+    """What an encoder accepts: its vocabulary size and, with a learned position table, the
+    longest sequence (``position_offset`` is None for relative or rotary positions: no limit).
+
+    The two numbers are cached (a transformers config attribute costs microseconds) and re-read
+    from the config before any error is raised, so ``resize_token_embeddings`` (which updates
+    ``config.vocab_size``) never causes a false refusal.
+    """
+
+    def __init__(self, config: Any, position_offset: int | None):
+        self.config = config  # the encoder's PretrainedConfig, the same object resizing updates
+        self.position_offset = position_offset
+        self.refresh()
+
+    @classmethod
+    def of(cls, backbone: nn.Module) -> InputLimits:
+        embeddings = getattr(backbone, "embeddings", None)
+        if not isinstance(getattr(embeddings, "position_embeddings", None), nn.Embedding):
+            return cls(backbone.config, None)
+        # RoBERTa-style embeddings number positions from padding_idx + 1 (roberta-base: 514 rows, 512 tokens).
+        padding_idx = getattr(embeddings, "padding_idx", None)
+        return cls(backbone.config, padding_idx + 1 if isinstance(padding_idx, int) else 0)
+
+    def refresh(self) -> None:
+        self.vocab_size = int(self.config.vocab_size)
+        self.max_length = (None if self.position_offset is None
+                           else int(self.config.max_position_embeddings) - self.position_offset)
+
+    def check(self, inputs: dict[str, Any]) -> int:
+        """Check ``input_ids`` ``(B, T)`` (or ``inputs_embeds`` ``(B, T, d_m)``); returns B."""
+        key, x = _batch_tensor(inputs)
+        dims = 2 if key == "input_ids" else 3
+        if x.dim() != dims:
+            raise ValueError(f"{key} must have {dims} dimensions (batch, seq_len{', hidden' if dims == 3 else ''}); "
+                             f"got shape {tuple(x.shape)}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"empty batch: {key} has shape {tuple(x.shape)}; pass at least one example of at "
+                             "least one token")
+        if "position_ids" not in inputs and self.max_length is not None and x.shape[1] > self.max_length:
+            self.refresh()
+            self._check_length(x.shape[1])
+        if key == "input_ids" and not _in_vocabulary(x, self.vocab_size):
+            self.refresh()
+            _check_vocabulary(x, self.vocab_size)
+        return x.shape[0]
+
+    def _check_length(self, length: int) -> None:
+        limit = self.max_length
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"sequences of {length} tokens are longer than this encoder's position table allows ({limit} "
+                f"tokens; config.max_position_embeddings={limit + self.position_offset}); truncate them, e.g. "
+                f"tokenizer(..., truncation=True, max_length={limit})"
+            )
 
 
 def max_length(backbone: nn.Module) -> int | None:
-    """The longest sequence the encoder's learned position table covers; None without a table
-    (relative or rotary positions). RoBERTa-style embeddings number positions from
-    ``padding_idx + 1``, so their table (514 rows for roberta-base) holds ``padding_idx + 1`` fewer."""
-    embeddings = getattr(backbone, "embeddings", None)
-    table = getattr(embeddings, "position_embeddings", None)
-    if not isinstance(table, nn.Embedding):
-        return None
-    padding_idx = getattr(embeddings, "padding_idx", None)
-    offset = padding_idx + 1 if isinstance(padding_idx, int) else 0
-    return table.num_embeddings - offset
+    """The longest sequence ``backbone``'s learned position table covers; None without one."""
+    return InputLimits.of(backbone).max_length
 
 
-def _check_length(backbone: nn.Module, length: int) -> None:
-    limit = max_length(backbone)
-    if limit is not None and length > limit:
-        raise ValueError(
-            f"sequences of {length} tokens are longer than this encoder's position table allows ({limit} tokens; "
-            f"config.max_position_embeddings={getattr(backbone.config, 'max_position_embeddings', '?')}); "
-            f"truncate them, e.g. tokenizer(..., truncation=True, max_length={limit})"
-        )
+def _in_vocabulary(ids: torch.Tensor, size: int) -> bool:
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        return False
+    low, high = torch.aminmax(ids)
+    return int(low) >= 0 and int(high) < size  # int(): cheaper than comparing 0-d tensors
 
 
-def _check_vocabulary(backbone: nn.Module, ids: torch.Tensor) -> None:
+def _check_vocabulary(ids: torch.Tensor, size: int) -> None:
     if ids.is_floating_point() or ids.dtype == torch.bool:
         raise TypeError(f"input_ids must be integer token ids; got a {ids.dtype} tensor")
-    size = backbone.get_input_embeddings().num_embeddings
-    low, high = torch.aminmax(ids)
-    if low < 0 or high >= size:
+    if not _in_vocabulary(ids, size):
         bad = ids[(ids < 0) | (ids >= size)].unique()
         raise ValueError(f"input_ids hold token ids outside the vocabulary 0..{size - 1}: {bad[:8].tolist()}; "
                          "is the tokenizer the one this model was built with?")

@@ -22,7 +22,7 @@ from . import saving
 from .config import AdapterConfig, TaskConfig, resolve_adapter_config
 from .heads import TaskHead, pool
 from .inject import AdapterBank, get_bank, inject_adapters
-from .inputs import check_inputs, task_index
+from .inputs import InputLimits, task_index
 from .io import fingerprint
 from .layouts import Layout
 from .merge import merge_lhuc
@@ -68,6 +68,7 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.tasks: dict[str, TaskConfig] = {}
         self.backbone_frozen = freeze_backbone
+        self.input_limits = InputLimits.of(self.backbone)  # what forward accepts (inputs.py)
         # Computed now, before any tuning: saved adapters are checked against the base they came from.
         self.base_fingerprint = fingerprint(self.backbone, self.bank.num_depths)
         for name, spec in tasks.items():
@@ -172,7 +173,7 @@ class MultiTaskModel(nn.Module):
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       **backbone_kwargs)
         inputs = {k: v for k, v in inputs.items() if v is not None}
-        batch_size = check_inputs(self.backbone, inputs)
+        batch_size = self.input_limits.check(inputs)
         if task_ids is not None:
             if task is not None:
                 raise ValueError("pass either task= (one task for the batch) or task_ids= (one per example)")
@@ -241,7 +242,7 @@ class MultiTaskModel(nn.Module):
         for t in tasks:
             self.check_task(t)
         inputs = {k: v for k, v in inputs.items() if v is not None}
-        batch = check_inputs(self.backbone, inputs)
+        batch = self.input_limits.check(inputs)
         first = min(min(self.bank[t].depths) for t in tasks)
         segments = tuple(Segment(t, i * batch, (i + 1) * batch) for i, t in enumerate(tasks))
         routing = Routing(segments, replication_plan(first, len(tasks), batch))
