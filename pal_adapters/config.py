@@ -7,8 +7,14 @@ fails when the config is built, with a message that names the value and lists th
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
+
+from .validation import FieldTypeError, check_fields, check_type
 
 Kind = Literal["pal", "low_rank", "pal_ffn", "lhuc"]
 Placement = Literal["parallel", "serial"]
@@ -22,13 +28,39 @@ PAL_SIZE_RATIO = 204 / 768
 LOW_RANK_SIZE_RATIO = 100 / 768
 
 
-def from_fields(cls: type, d: dict[str, Any], what: str) -> Any:
-    """Build dataclass ``cls`` from ``d``; unknown keys are an error that lists the valid ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+def from_fields(cls: type, d: Mapping[str, Any], what: str, complete: bool = False) -> Any:
+    """Build dataclass ``cls`` from ``d``, checking each value's type against the field's annotation.
+
+    Unknown keys are an error that lists the valid ones; with ``complete`` (a saved file) so are
+    missing ones, so a field is never silently given today's default. A mapping for a field typed
+    as a dataclass (``TaskConfig.adapter``) is built the same way. Raises ``ValueError`` (the type
+    errors are ``validation.FieldTypeError``, a ``ValueError`` too).
+    """
+    known = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(d, Mapping):
+        raise FieldTypeError(f"{what} must be a mapping of fields {known}, not {type(d).__name__} {d!r}")
+    unknown = sorted(set(d) - set(known), key=str)
     if unknown:
         raise ValueError(f"unknown {what} fields {unknown}; valid fields: {sorted(known)}")
-    return cls(**d)
+    missing = [k for k in known if k not in d] if complete else []
+    if missing:
+        raise ValueError(f"{what} lacks fields {missing}: a saved config lists every field {known}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in d.items():
+        nested = _dataclass_arm(hints[name])
+        if nested is not None and isinstance(value, Mapping):
+            value = from_fields(nested, value, f"{what} field {name}", complete)
+        elif nested is None or complete or not isinstance(value, str):  # a string: a preset, for __post_init__
+            check_type(name, value, hints[name], what)
+        values[name] = value
+    return cls(**values)
+
+
+def _dataclass_arm(hint: Any) -> type | None:
+    """The dataclass in an annotation like ``AdapterConfig | None``, if there is one."""
+    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return next((a for a in arms if dataclasses.is_dataclass(a)), None)
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -88,9 +120,10 @@ class AdapterConfig:
             object.__setattr__(self, "layers", tuple(self.layers))
         if isinstance(self.layers, str):
             check_choice("layers", self.layers, get_args(LayerSpec))
-        elif not self.layers or not all(isinstance(i, int) for i in self.layers):
+        elif not isinstance(self.layers, tuple) or not self.layers or not all(isinstance(i, int) for i in self.layers):
             raise ValueError(f"layers={self.layers!r} must be 'all', 'top_half', 'bottom_half' or a non-empty "
                              "list of layer indices")
+        check_fields(self, "adapter config")  # every type, before the range checks below compare numbers
         if self.hidden_size is not None and self.hidden_size < 1:
             raise ValueError(f"hidden_size={self.hidden_size} must be a positive integer or None")
         if self.num_heads < 1:
@@ -102,6 +135,8 @@ class AdapterConfig:
             raise ValueError(f"ffn_layers={self.ffn_layers} must be 1 or 2")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if not (math.isfinite(self.init_std) and self.init_std > 0):
+            raise ValueError(f"init_std={self.init_std} must be a finite number > 0")
 
     @property
     def has_ts(self) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -28,7 +28,11 @@ from .atomic import atomic_directory  # noqa: F401  (re-exported: folders are wr
 from .params import is_adapter_parameter
 
 FORMAT = "pal_adapters"
-VERSION = 1
+VERSION = 2  # 2: every JSON records its own content_sha256, pal_config.json every task file's sha256
+OLDEST_VERSION = 1
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                torch.bool: "BOOL"}
 
 
 class AdapterLoadError(ValueError):
@@ -38,8 +42,13 @@ class AdapterLoadError(ValueError):
 # ---- hashing and fingerprints ------------------------------------------------------------------
 def weights_checksum(module: nn.Module) -> str:
     """sha256 over the non-adapter tensors of ``module`` (names, dtypes, shapes and bytes)."""
+    return tensors_checksum(backbone_state(module))
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over named tensors (names, dtypes, shapes and bytes), in name order."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(backbone_state(module).items()):
+    for name, tensor in sorted(tensors.items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         if tensor.is_meta:  # shape-only models (parameter counting) have no bytes to hash
             continue
@@ -102,9 +111,13 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
-    """Save ``tensors`` to ``path`` (safetensors; shared storage stored once); return the file's sha256."""
+    """Save ``tensors`` to ``path`` (safetensors; shared storage stored once); return the file's sha256.
+
+    The metadata holds one key: safetensors writes several in a varying order, and the same
+    tensors must give the same bytes (and recorded sha256) every time.
+    """
     kept, aliases = _unshared(tensors)
-    save_file(kept, str(path), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+    save_file(kept, str(path), metadata={"aliases": json.dumps(aliases, sort_keys=True)})
     return file_sha256(path)
 
 
@@ -122,15 +135,28 @@ def read_json(path: Path) -> dict[str, Any]:
             hint = f"; an interrupted save left the previous version at {leftovers[-1]}"
         raise AdapterLoadError(f"{path} does not exist{hint}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise AdapterLoadError(f"{path} is not valid JSON (truncated or corrupted?): {err}") from err
     found = data.get("format") if isinstance(data, dict) else None
     if found != FORMAT:
         raise AdapterLoadError(f"{path} is not a {FORMAT} file (format={found!r})")
-    if data.get("version", 0) > VERSION:
-        raise AdapterLoadError(f"{path} has format version {data['version']}; this pal_adapters reads up to {VERSION}")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < OLDEST_VERSION:
+        raise AdapterLoadError(f"{path}: field version={version!r} must be an integer >= {OLDEST_VERSION}")
+    if version > VERSION:
+        raise AdapterLoadError(f"{path} has format version {version}, written by a newer pal_adapters; this one "
+                               f"reads versions {OLDEST_VERSION} to {VERSION}: upgrade pal_adapters to load it")
     return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (a repeated key would hide the value saved first)."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"repeated keys {repeated}")
+    return dict(pairs)
 
 
 def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
@@ -143,12 +169,33 @@ def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Ten
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    except (SafetensorError, OSError, ValueError) as err:
+            metadata = f.metadata() or {}
+    except Exception as err:  # the file's bytes are the problem, whatever safetensors raises about them
         raise AdapterLoadError(f"{path} is not a readable safetensors file (truncated or corrupted?): {err}") from err
-    for name, source in aliases.items():
+    for name, source in _aliases(path, metadata, tensors).items():
         tensors[name] = tensors[source]
     return tensors
+
+
+def _aliases(path: Path, metadata: dict[str, str], stored: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The metadata's alias -> stored-name map, checked: an alias names no stored tensor, a source is one."""
+    unknown = sorted(set(metadata) - {"aliases", "format"})  # "format": files of format version 1
+    if unknown:
+        raise AdapterLoadError(f"{path}: unknown metadata keys {unknown}; a saved tensor file has only 'aliases'")
+    try:
+        aliases = json.loads(metadata.get("aliases", "{}"))
+    except ValueError as err:
+        raise AdapterLoadError(f"{path}: metadata field aliases is not valid JSON: {err}") from err
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise AdapterLoadError(f"{path}: metadata field aliases={aliases!r} must map tensor names to tensor names")
+    clash = sorted(set(aliases) & set(stored))
+    if clash:
+        raise AdapterLoadError(f"{path}: metadata field aliases names stored tensors {clash}; an alias may not "
+                               "replace a stored tensor")
+    dangling = sorted(f"{k} -> {v}" for k, v in aliases.items() if v not in stored)
+    if dangling:
+        raise AdapterLoadError(f"{path}: metadata field aliases points at tensors the file does not hold: {dangling}")
+    return aliases
 
 
 def check_state(path: Path, expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
@@ -157,6 +204,8 @@ def check_state(path: Path, expected: dict[str, torch.Tensor], got: dict[str, to
     unexpected = sorted(set(got) - set(expected))
     shapes = [f"{k}: saved {tuple(got[k].shape)}, expected {tuple(v.shape)}"
               for k, v in expected.items() if k in got and got[k].shape != v.shape]
+    dtypes = [f"{k}: saved {_dtype_name(got[k].dtype)}, this model has {_dtype_name(v.dtype)}"
+              for k, v in expected.items() if k in got and got[k].dtype != v.dtype]
     problems = []
     if missing:
         problems.append(f"missing tensors {missing}")
@@ -164,8 +213,15 @@ def check_state(path: Path, expected: dict[str, torch.Tensor], got: dict[str, to
         problems.append(f"unexpected tensors {unexpected}")
     if shapes:
         problems.append("shape mismatches: " + "; ".join(shapes))
+    if dtypes:  # never cast silently: an int relabelled float, or rounded halves, are other weights
+        problems.append("dtype mismatches (tensors load in the dtype they were saved in; load onto a backbone of "
+                        "that dtype and convert the model after loading): " + "; ".join(dtypes))
     if problems:
         raise AdapterLoadError(f"{path} does not fit this model: " + "; ".join(problems))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def copy_into(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from fuzz_saves import rehash
 from helpers import hidden, randomize_adapters, tiny_batch, tiny_model
 from safetensors.torch import load_file, save_file
 
 from pal_adapters import AdapterConfig, MultiTaskModel, TaskConfig, add_pal
 from pal_adapters.io import AdapterLoadError, backbone_state, file_sha256
+from pal_adapters.save_format import sealed
 
 ADAPTER = AdapterConfig(kind="pal", lhuc=True, output_activation="gelu", hidden_size=8, num_heads=2)
 TASKS = {"a": TaskConfig(num_labels=3), "b": TaskConfig(type="regression", pooling="mean"),
@@ -87,7 +89,7 @@ def rewrite(folder: Path, edit) -> None:
     save_file(tensors, str(folder / "adapter.safetensors"))
     meta = json.loads((folder / "task.json").read_text())
     meta["sha256"]["adapter.safetensors"] = file_sha256(folder / "adapter.safetensors")
-    (folder / "task.json").write_text(json.dumps(meta))
+    (folder / "task.json").write_text(json.dumps(sealed(meta)))  # re-sealed: only the tensor edit is wrong
 
 
 @pytest.mark.parametrize(
@@ -117,10 +119,7 @@ def test_truncated_or_corrupted_files_are_reported_by_name(tmp_path):
     with pytest.raises(AdapterLoadError, match=r"tasks/b/adapter.safetensors is corrupted or truncated"):
         MultiTaskModel.from_pretrained(tmp_path / "m", backbone=backbone)
     assert not hasattr(backbone, "pal_adapters")
-    meta_path = tmp_path / "m" / "tasks" / "b" / "task.json"  # without a recorded hash: the reader notices
-    meta = json.loads(meta_path.read_text())
-    meta["sha256"] = {}
-    meta_path.write_text(json.dumps(meta))
+    rehash(tmp_path / "m")  # hashes recorded for the truncated file: the reader notices
     with pytest.raises(AdapterLoadError, match=r"adapter.safetensors is not a readable safetensors file"):
         MultiTaskModel.from_pretrained(tmp_path / "m", backbone=backbone)
     (tmp_path / "m" / "pal_config.json").write_text('{"format": "pal_adap')

@@ -35,11 +35,17 @@ def resolve_model_path(name: str) -> str:
 
 
 def load_backbone(name: str) -> tuple[nn.Module, Any]:
-    """The bare encoder and its tokenizer; offline unless the user is online."""
+    """The bare encoder and its tokenizer; offline unless the user is online.
+
+    The encoder's ``config.name_or_path`` is ``name`` as given (``"minilm"``, a hub id), not the
+    folder it was read from: saved models record it, and must load on another machine too.
+    """
     path = resolve_model_path(name)
     if Path(path).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path)
+    model.config.name_or_path = name
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 @dataclass
