@@ -33,9 +33,18 @@ def check_glue_accuracy(results: Path) -> None:
     assert multiples["a_single_ft"] > 2.0 > multiples["c_pal"] > 1.0  # two tuned copies vs one shared
 
 
+def check_ner_qa_accuracy(results: Path) -> None:
+    summary = json.loads((results / "ner_qa_accuracy_smoke.json").read_text())
+    assert {"ner_single", "multi"} <= set(summary["results"])
+    for part in ("ner_single", "multi"):
+        assert set(summary["results"][part]["metrics"]["conll"]) == {"f1", "precision", "recall", "accuracy"}
+    assert summary["table"][0][0] == "CoNLL-2003 dev entity F1"
+
+
 SCRIPTS = [
     ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen"],
      check_glue_accuracy),
+    ("ner_qa_accuracy.py", ["--smoke"], check_ner_qa_accuracy),
 ]
 
 
