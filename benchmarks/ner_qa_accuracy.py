@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,9 @@ def _row(label: str, results: dict[str, Any], task: str, metric: str, scale: flo
     return [label, *cells, gap]
 
 
-def run_parts(parts: list[str], profile: Profile, data: Path) -> dict[str, Any]:
+def run_parts(parts: list[str], profile: Profile, data: Path,
+              save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Train each part in turn; ``save(results so far)`` after each, so a killed run keeps its parts."""
     ner, qa, glue = ner_task_def(data), qa_task_def(data), glue_task_defs(data)
     plans = {"ner_single": (ner, False), "qa_single": (qa, False), "multi": ({**glue, **ner, **qa}, True)}
     results = {}
@@ -223,6 +226,7 @@ def run_parts(parts: list[str], profile: Profile, data: Path) -> dict[str, Any]:
             print(f"== {part}: {sorted(defs)}, {profile.steps} steps per task")
             results[part] = train(defs, profile, Path(out), adapters)
             shutil.rmtree(out, ignore_errors=True)  # checkpoints and saved models are not results
+        save(results)
     return results
 
 
@@ -244,20 +248,24 @@ def main() -> None:
     profile = PROFILES[name]
     if args.steps:
         profile = Profile(**{**asdict(profile), "steps": args.steps})
+    meta, out = run_metadata(), args.output or f"ner_qa_accuracy{'' if name == 'default' else '_' + name}.json"
+
+    def save(results: dict[str, Any]) -> None:
+        rows = [r for r in (ner_row(results), qa_row(results), qa_em_row(results)) if r]
+        write_json(args.results_dir / out, {**meta, "profile": name, "settings": asdict(profile),
+                                            "parts_done": list(results), "results": results, "table": rows,
+                                            "seqeval_mode": "default (conlleval-compatible)",
+                                            "squad_split": QA_SPLIT})
+
     with tempfile.TemporaryDirectory(prefix="ner_qa_smoke_data_") as synthetic:
         data = args.data_dir
         if name == "smoke":
             data = Path(synthetic)
             ner_smoke_data(data)
-        results = run_parts(args.parts, profile, data)
+        results = run_parts(args.parts, profile, data, save)
     rows = [r for r in (ner_row(results), qa_row(results), qa_em_row(results)) if r]
     print(format_table(["metric", "single-task", "multi-task PAL", "multi - single"], rows))
-    meta = run_metadata()
-    out = args.output or f"ner_qa_accuracy{'' if name == 'default' else '_' + name}.json"
-    path = write_json(args.results_dir / out,
-                      {**meta, "profile": name, "settings": asdict(profile), "results": results,
-                       "table": rows, "seqeval_mode": "default (conlleval-compatible)", "squad_split": QA_SPLIT})
-    print(f"wrote {path}")
+    print(f"wrote {args.results_dir / out}")
 
 
 if __name__ == "__main__":
