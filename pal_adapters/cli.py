@@ -142,13 +142,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def load_saved(model_dir: str, model_name: str | None):
     """A saved multi-task model on its base encoder (``model_name``, default the one it records)."""
-    from .io import read_json
     from .model import MultiTaskModel
-    from .saving import CONFIG_FILE
+    from .save_format import read_model
     from .training.setup import load_backbone
 
-    if model_name is None:
-        model_name = read_json(Path(model_dir) / CONFIG_FILE)["base"].get("name_or_path")
+    if model_name is None:  # the name it was trained from ("minilm", a hub id), checked like every field
+        model_name = read_model(Path(model_dir)).base["name_or_path"]
         if not model_name:
             raise ValueError(f"{model_dir} records no base model name; pass --model")
     backbone, tokenizer = load_backbone(model_name)

@@ -135,8 +135,14 @@ def read_json(path: Path) -> dict[str, Any]:
             hint = f"; an interrupted save left the previous version at {leftovers[-1]}"
         raise AdapterLoadError(f"{path} does not exist{hint}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
-    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise AdapterLoadError(f"{path} cannot be read: {err}") from err
+    except UnicodeDecodeError as err:
+        raise AdapterLoadError(f"{path} is not valid JSON (corrupted?): {err}") from err
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as err:  # a JSONDecodeError is a ValueError
         raise AdapterLoadError(f"{path} is not valid JSON (truncated or corrupted?): {err}") from err
     found = data.get("format") if isinstance(data, dict) else None
     if found != FORMAT:
@@ -164,7 +170,11 @@ def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Ten
     path = Path(path)
     if not path.is_file():
         raise AdapterLoadError(f"{path} does not exist")
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+    try:
+        actual = file_sha256(path)
+    except OSError as err:
+        raise AdapterLoadError(f"{path} cannot be read: {err}") from err
+    if expected_sha256 is not None and actual != expected_sha256:
         raise AdapterLoadError(f"{path} is corrupted or truncated: its sha256 does not match the one recorded at save")
     try:
         tensors = load_file(str(path))

@@ -12,8 +12,6 @@ byte-deterministic: the same model gives the same bytes and recorded hashes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +21,6 @@ from torch import nn
 from .adapters import TaskAdapter
 from .config import TaskConfig
 from .heads import TaskHead
-from .inject import ATTRIBUTE, remove_adapters
 from .io import (
     FORMAT,
     VERSION,
@@ -42,6 +39,7 @@ from .io import (
     write_tensors,
 )
 from .layouts import resolve_layout
+from .rollback import backbone_restored_on_failure, task_removed_on_failure
 from .save_format import (
     BACKBONE_FILE,
     CONFIG_FILE,
@@ -170,7 +168,7 @@ def load_task(model: MultiTaskModel, path: str | Path, name: str | None = None, 
     if name in model.tasks:
         raise AdapterLoadError(f"task {name!r} already exists in this model; remove_task({name!r}) or pass name=")
     tensors = _checked_tensors(saved, _Target.of(model.backbone, model.bank.num_depths))
-    with _task_removed_on_failure(model, name):
+    with task_removed_on_failure(model, name):
         _add_task(model, name, _built_task(saved), folder / TASK_FILE)
         _copy_task(model, name, tensors)
     return name
@@ -186,21 +184,6 @@ def _add_task(model: MultiTaskModel, name: str, task: TaskConfig, where: Path) -
 def _copy_task(model: MultiTaskModel, name: str, tensors: Tensors) -> None:
     copy_into(model.bank[name], {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
     copy_into(model.heads[name], {k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
-
-
-@contextmanager
-def _task_removed_on_failure(model: MultiTaskModel, name: str) -> Iterator[None]:
-    """Any failure inside (KeyboardInterrupt too) removes what was added of task ``name``, even a half-added
-    task (adapters without a head), so the model is as before and a retry can add it."""
-    try:
-        yield
-    except BaseException:
-        if name in model.bank:
-            model.bank.remove_task(name)
-        if name in model.heads:
-            del model.heads[name]
-        model.tasks.pop(name, None)
-        raise
 
 
 # ---- from_pretrained / load_weights --------------------------------------------------------------
@@ -239,7 +222,7 @@ def from_pretrained(directory: str | Path, backbone: nn.Module | None = None,
     task_tensors = {name: _checked_tensors(t, target) for name, t in tasks.items()}
     if backbone_tensors is not None:
         check_state(directory / BACKBONE_FILE, backbone_state(base), backbone_tensors)
-    with _backbone_restored_on_failure(backbone, snapshot=backbone_tensors is not None):
+    with backbone_restored_on_failure(backbone, snapshot=backbone_tensors is not None):
         model = _build(saved, tasks, task_tensors, backbone, backbone_tensors)
     return model
 
@@ -256,34 +239,6 @@ def _build(saved: SavedModel, tasks: dict[str, SavedTask], task_tensors: dict[st
         copy_into(model.backbone, backbone_tensors)
     model.base_fingerprint = saved.base
     return model
-
-
-@contextmanager
-def _backbone_restored_on_failure(backbone: nn.Module, snapshot: bool) -> Iterator[None]:
-    """Any failure inside (KeyboardInterrupt too): ``backbone`` gets back its modules and hooks, its
-    ``requires_grad`` flags and, with ``snapshot``, its weights."""
-    base = getattr(backbone, "base_model", backbone)
-    had_adapters = hasattr(base, ATTRIBUTE)
-    flags = {n: p.requires_grad for n, p in backbone.named_parameters()}
-    weights = {k: v.detach().clone() for k, v in backbone_state(base).items()} if snapshot else None
-    try:
-        yield
-    except BaseException:
-        if not had_adapters and hasattr(base, ATTRIBUTE):
-            remove_adapters(base)
-        for n, p in backbone.named_parameters():
-            p.requires_grad_(flags.get(n, p.requires_grad))
-        if weights is not None:
-            _put_back(base, weights)
-        raise
-
-
-def _put_back(module: nn.Module, weights: Tensors) -> None:
-    """Restore a snapshot (its own code path: whatever failed in ``copy_into`` must not fail here too)."""
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            if name in weights:
-                tensor.copy_(weights[name])
 
 
 def load_weights(model: MultiTaskModel, directory: str | Path) -> None:
@@ -309,6 +264,11 @@ def _load_base(base: dict[str, Any], where: Path) -> nn.Module:
 
     from .training.setup import resolve_model_path
 
-    if not base["name_or_path"]:
+    name = base["name_or_path"]
+    if not name:
         raise AdapterLoadError(f"{where / CONFIG_FILE} records no base model name; pass backbone=")
-    return AutoModel.from_pretrained(resolve_model_path(base["name_or_path"]))
+    try:
+        return AutoModel.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError, ImportError) as err:  # not there (offline, another machine's path), not a model
+        raise AdapterLoadError(f"{where / CONFIG_FILE}: the base model of field base.name_or_path={name!r} cannot "
+                               f"be loaded here ({err}); pass backbone=") from err
