@@ -162,3 +162,14 @@ def test_demo_run_files_pass_the_type_checks():
         data = yaml.safe_load(demo.read_text())
         if "training" in data:
             read_run_file(demo)
+
+
+def test_unknown_distill_key_is_named_with_the_valid_ones(toy_spec, tmp_path):
+    from helpers import toy_backbone, toy_tokenizer
+
+    from pal_adapters.training.loop import MultiTaskTrainer
+
+    config = TrainConfig(max_steps=1, output_dir=str(tmp_path / "run"), distill={"teacher": {"animal": ["x"]}})
+    with pytest.raises(ValueError, match=r"unknown training field distill fields \['teacher'\]; valid fields: .*"
+                                         r"'teachers'"):
+        MultiTaskTrainer(config, load_task_defs(toy_spec), backbone=toy_backbone(), tokenizer=toy_tokenizer())

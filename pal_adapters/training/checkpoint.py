@@ -123,8 +123,8 @@ def recover_checkpoint(directory: Path) -> int:
     if best != directory:
         log.warning("%s was missing or incomplete (a run killed while saving); resuming from %s (step %d)",
                     directory, best.name, step)
-        if directory.exists():
-            os.replace(directory, directory.parent / f".{directory.name}.old-{os.getpid()}")
+        if directory.exists():  # damaged (the hashes said so), and a complete one is at hand
+            shutil.rmtree(directory)
         os.replace(best, directory)
     for path in (*tmp_dirs(directory), *old_dirs(directory)):
         shutil.rmtree(path, ignore_errors=True)

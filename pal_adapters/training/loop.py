@@ -22,6 +22,7 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..atomic import recover_directory, remove_stale_files
+from ..config import from_fields
 from ..model import MultiTaskModel, add_pal
 from ..saving import save_pretrained
 from .checkpoint import CheckpointError, load_checkpoint, recover_checkpoint, rng_state, save_checkpoint
@@ -103,7 +104,7 @@ class MultiTaskTrainer:
     def _teachers(self) -> TeacherEnsemble | None:
         if not self.config.distill:
             return None
-        cfg = DistillConfig(**self.config.distill)
+        cfg = from_fields(DistillConfig, self.config.distill, "training field distill")  # names unknown keys
         self.distill = cfg
         teachers = TeacherEnsemble(cfg, backbone_factory=lambda: load_backbone(self.config.model)[0],
                                    tasks=self.model.tasks,
