@@ -181,7 +181,8 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training field, e.g. lr=3e-5")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last complete checkpoint in OUTPUT_DIR (an error if there is none)")
     p.set_defaults(func=cmd_train)
 
 
