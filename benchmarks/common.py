@@ -23,7 +23,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# PAL_BENCH_RESULTS moves the output (benchmarks/gpu.sh points it under $OUT).
+RESULTS_DIR = Path(os.environ.get("PAL_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 # glibc returns large freed blocks to the OS by default, so every big activation page-faults anew
 # (tens of thousands of faults per forward on this machine). Benchmarks re-run themselves with
@@ -42,12 +43,135 @@ def steady_malloc_reexec(disabled: bool = False) -> None:
 Case = tuple[Callable[[], Any], Callable[[], AbstractContextManager] | None]
 
 
+_CUDA_TIMING = False  # set by configure_device("cuda"): time with CUDA events, not the host clock
+
+
 def time_once(fn: Callable[[], Any], context: Callable[[], AbstractContextManager] | None = None) -> float:
-    """Seconds taken by one ``fn()`` call, run inside ``context()`` (not timed)."""
+    """Seconds taken by one ``fn()`` call, run inside ``context()`` (not timed).
+
+    On CUDA (``configure_device("cuda")``) the time is read from CUDA events around the call after
+    a synchronisation, so it covers the queued kernels and not just their launch.
+    """
     with (context() if context is not None else nullcontext()):
+        if _CUDA_TIMING:
+            import torch
+
+            start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start_event.record()
+            fn()
+            end_event.record()
+            end_event.synchronize()
+            return start_event.elapsed_time(end_event) / 1000.0
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def add_device_args(parser: Any, threads: bool = True) -> None:
+    """``--device``, ``--dtype``, ``--compile``, ``--threads``, ``--smoke``: shared by every script."""
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events time each call)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights and activations")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model first (eager by default)")
+    if threads:
+        parser.add_argument("--threads", type=int, default=1,
+                            help="torch CPU threads (1 is the stable choice on a shared 2-core machine)")
+    parser.add_argument("--smoke", action="store_true", help="tiny model and 1 round: checks the script runs")
+    parser.add_argument("--results-dir", default=None, help="write JSON/PNG here instead of benchmarks/results/")
+
+
+def set_results_dir(path: str | Path | None) -> None:
+    """Send this run's JSON and PNG files to ``path`` (None: keep the default)."""
+    global RESULTS_DIR
+    if path is not None:
+        RESULTS_DIR = Path(path)
+
+
+def configure_device(device: str, threads: int) -> Any:
+    """Set torch's thread count and the timer for ``device``; returns the ``torch.device``."""
+    global _CUDA_TIMING
+    import torch
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: torch {torch.__version__} sees no CUDA device")
+    _CUDA_TIMING = dev.type == "cuda"
+    return dev
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def count_ops(fn: Callable[[], Any]) -> dict[str, int]:
+    """Top-level aten operators of one ``fn()`` call, by name (from ``torch.profiler``).
+
+    "Top-level" means called from Python, not from inside another aten op (``aten::linear`` counts
+    once, its ``aten::addmm`` not): in eager mode each is one dispatch, and on a GPU at small
+    batches each non-view op is at least one kernel launch, so the count, not FLOPs, sets the cost.
+    """
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    counts: Counter[str] = Counter()
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        if parent is None:
+            counts[event.name] += 1
+    return dict(counts)
+
+
+VIEW_OPS = frozenset({"aten::view", "aten::transpose", "aten::as_strided", "aten::unbind", "aten::permute",
+                      "aten::unflatten", "aten::slice", "aten::select", "aten::unsqueeze", "aten::t",
+                      "aten::expand", "aten::split", "aten::chunk", "aten::narrow", "aten::detach",
+                      "aten::alias", "aten::flatten", "aten::_reshape_alias"})
+
+
+def op_delta(counts: dict[str, int], reference: dict[str, int], per: int = 1) -> dict[str, Any]:
+    """Ops of ``counts`` beyond ``reference``, divided by ``per`` (e.g. adapted layers): total,
+    of which view-only ops (no kernel), and by name."""
+    names = set(counts) | set(reference)
+    delta = {n: counts.get(n, 0) - reference.get(n, 0) for n in names}
+    delta = {n: d for n, d in sorted(delta.items()) if d}
+    total = sum(delta.values())
+    views = sum(d for n, d in delta.items() if n in VIEW_OPS)
+    return {"total": total / per, "views": views / per, "compute": (total - views) / per,
+            "by_name": {n: d / per for n, d in delta.items()}}
+
+
+def save_plot(path: str | Path, draw: Callable[[Any], None]) -> Path | None:
+    """Draw with ``draw(ax)`` into a PNG under ``benchmarks/results/``; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return None
+    path = Path(path)
+    if not path.is_absolute():
+        path = RESULTS_DIR / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def paired_timings(reference: Case, cases: Mapping[str, Case], rounds: int, warmup: int = 1,
@@ -135,12 +259,14 @@ def machine_info() -> dict[str, Any]:
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GLIBC_TUNABLES", "LD_PRELOAD")
                 if k in os.environ},
     }
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
+    for package in ("transformers", "peft"):
+        try:
+            info[package] = __import__(package).__version__
+        except ImportError:
+            pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
     return info
 
 
@@ -189,3 +315,50 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+TINY_SHAPE = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000)
+
+
+def minilm_backbone(smoke: bool = False) -> tuple[Any, str]:
+    """The packaged all-MiniLM-L6-v2 encoder when it is installed, else a random BERT of its shape
+    (6 layers, d_m 384, 12 heads: the same cost); with ``smoke`` a tiny random BERT.
+    Returns ``(model, description)``."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    if not smoke:
+        try:
+            from pal_adapters.training.setup import load_backbone
+
+            return load_backbone("minilm")[0], "packaged all-MiniLM-L6-v2 (6 layers, d_m 384)"
+        except Exception as err:  # not installed (e.g. on the GPU machine): same shape, random weights
+            print(f"packaged MiniLM unavailable ({type(err).__name__}: {err}); random weights of its shape",
+                  file=sys.stderr)
+    torch.manual_seed(0)
+    shape = TINY_SHAPE if smoke else MINILM_SHAPE
+    return AutoModel.from_config(AutoConfig.for_model("bert", **shape)), f"random BERT {shape}"
+
+
+def padded_inputs(batch: int, length: int, device: Any = "cpu", seed: int = 1, vocab: int = 1000) -> dict[str, Any]:
+    """Random ids; every third row padded over its last quarter (real batches have padding)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[::3, length * 3 // 4:] = 0
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def randomize_(module: Any, prefix: str, std: float = 0.02, seed: int = 0) -> None:
+    """Give every parameter whose name contains ``prefix`` N(0, std) values, so that no adapter
+    is an exact zero (identity-initialised up-projections would otherwise multiply zeros)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if prefix in name:
+                p.copy_((torch.randn(p.shape, generator=g) * std).to(p.dtype))

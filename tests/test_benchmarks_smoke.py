@@ -41,10 +41,40 @@ def check_ner_qa_accuracy(results: Path) -> None:
     assert summary["table"][0][0] == "CoNLL-2003 dev entity F1"
 
 
+def check_overhead(results: Path) -> None:
+    run = json.loads((results / "overhead_smoke.json").read_text())["runs"][0]["results"]
+    assert run["pal"]["max_abs_diff_vs_bare"] == 0.0  # identity at initialisation
+    assert 0 < run["lhuc"]["ops_per_adapted_layer"]["total"] < run["pal"]["ops_per_adapted_layer"]["total"]
+
+
+def check_mixed_batch(results: Path) -> None:
+    report = json.loads((results / "mixed_batch_smoke.json").read_text())
+    assert set(report["results"]) == {"pal", "low_rank", "lhuc", "peft_lora"}
+    assert all(r["T=8"]["ratio"]["median"] > 0 for r in report["results"].values()), report["results"]
+    assert (results / "mixed_batch_smoke.png").stat().st_size > 0
+
+
+def check_multitask_inference(results: Path) -> None:
+    report = json.loads((results / "multitask_inference_smoke.json").read_text())
+    assert report["results"]["ours"]["top_half"]["T=2"]["speedup"]["median"] > 0
+    assert "T=2" in report["results"]["adapterhub"]["all"] or set(report["results"]["adapterhub"]) == {"skipped"}
+
+
+def check_memory(results: Path) -> None:
+    report = json.loads((results / "memory_smoke.json").read_text())
+    assert report["peak"]["tiny tuned"]["trainable_params"] > report["peak"]["tiny frozen"]["trainable_params"]
+    assert all(r["adapter_grads_ok"] for r in report["peak"].values())
+    assert 0 < report["disk"]["tiny"]["task_over_full"] < 1
+
+
 SCRIPTS = [
     ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen"],
      check_glue_accuracy),
     ("ner_qa_accuracy.py", ["--smoke"], check_ner_qa_accuracy),
+    ("overhead.py", ["--smoke", "--output", "overhead_smoke.json"], check_overhead),
+    ("mixed_batch.py", ["--smoke"], check_mixed_batch),
+    ("multitask_inference.py", ["--smoke"], check_multitask_inference),
+    ("memory.py", ["--smoke"], check_memory),
 ]
 
 

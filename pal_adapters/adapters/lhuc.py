@@ -27,7 +27,7 @@ class LHUC(nn.Module):
     def scale(self, depth: int) -> torch.Tensor:
         """``(d_m,)`` multiplier ``2·sigmoid(θ_depth)``; it broadcasts over ``(B, T, d_m)``."""
         theta = self.theta[str(depth)]
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or theta.is_inference():  # inference tensors have no version
             return 2.0 * torch.sigmoid(theta)
         key = (id(theta), theta._version, theta.data_ptr(), theta.dtype, theta.device)
         hit = self._cache.get(str(depth))
