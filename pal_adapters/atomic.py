@@ -41,10 +41,12 @@ def tmp_files(target: Path) -> list[Path]:
     return sorted(target.parent.glob(f".{glob_escape(target.name)}.*.tmp"))
 
 
-def atomic_directory(target: Path, fill: Callable[[Path], None]) -> None:
+def atomic_directory(target: Path, fill: Callable[[Path], None], durable: bool = False) -> None:
     """Write a folder with ``fill(tmp_dir)`` and swap it in for ``target`` with renames.
 
     Leftovers of earlier killed writes of ``target`` by processes that are gone are removed.
+    ``durable``: flush the new folder's files to disk before the renames, and the renames after
+    them, so that a power loss (not only a killed process) leaves the old or the new version.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -52,16 +54,33 @@ def atomic_directory(target: Path, fill: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         fill(tmp)
+        if durable:
+            fsync_tree(tmp)
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
         os.replace(tmp, target)
+        if durable:
+            fsync_tree(target.parent, recursive=False)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_tree(folder: Path, recursive: bool = True) -> None:
+    """fsync every file under ``folder`` (with ``recursive``) and the folders themselves (POSIX)."""
+    if os.name != "posix":
+        return
+    paths = sorted(folder.rglob("*"), reverse=True) if recursive else []
+    for path in [*paths, folder]:  # files before the folders that name them
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def recover_directory(target: Path, only_dead: bool = False) -> bool:

@@ -112,7 +112,7 @@ class Killer:
         return shutil.rmtree(path, ignore_errors=ignore_errors)
 
     def __getattr__(self, name):  # everything else: the real os / shutil
-        return getattr(os, name, None) or getattr(shutil, name)
+        return getattr(os if hasattr(os, name) else shutil, name)
 
 
 def top_checkpoint(path: Path) -> bool:

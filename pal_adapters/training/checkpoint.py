@@ -72,7 +72,7 @@ def save_checkpoint(directory: Path, *, model, weighting, optimizer, scheduler, 
         write_json(tmp / STATE_FILE, {"format": "pal_adapters", "version": 1, **state})
         write_manifest(tmp, state["step"])  # last: a folder without it is a save that was cut short
 
-    atomic_directory(directory, fill)
+    atomic_directory(directory, fill, durable=True)  # a power loss must not take the last checkpoint
 
 
 def write_manifest(folder: Path, step: int) -> None:
