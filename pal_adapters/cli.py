@@ -157,11 +157,21 @@ def load_saved(model_dir: str, model_name: str | None):
 
 # ---- predict and inspect -----------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    rows = read_inputs(args.texts, args.input)
+    rows = qa_inputs(args) or read_inputs(args.texts, args.input)
     model, tokenizer = load_saved(args.model_dir, args.model)
     for line in predict_lines(model, tokenizer, rows, split_names(args.task), args.batch_size, args.max_length):
         print(line)
     return 0
+
+
+def qa_inputs(args: argparse.Namespace) -> list[dict[str, str]]:
+    """``--question Q --context C`` as one input row (extractive QA tasks); ``[]`` when not given."""
+    if args.question is None and args.context is None:
+        return []
+    if args.question is None or args.context is None or args.texts or args.input:
+        raise ValueError("give --question and --context together, without TEXT or --input "
+                         "(a JSONL --input file may hold 'question' and 'context' per line instead)")
+    return [{"question": args.question, "context": args.context}]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -203,7 +213,9 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict every (or the chosen) task for texts; one JSON line per input")
     p.add_argument("model_dir")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="TEXT [TEXT_B] (or use --input)")
-    p.add_argument("--input", help="JSONL file with 'text' (and 'text_b') per line")
+    p.add_argument("--input", help="JSONL file with 'text' (and 'text_b'), or 'question' and 'context', per line")
+    p.add_argument("--question", help="extractive QA: the question (with --context); prints answer and span")
+    p.add_argument("--context", help="extractive QA: the passage the answer is taken from")
     p.add_argument("--model", help="the base encoder (default: the one the model records)")
     p.add_argument("--task", action="append", help="a task (repeat or comma-separate; default: all)")
     p.add_argument("--batch-size", type=int, default=32)

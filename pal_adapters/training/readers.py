@@ -25,11 +25,13 @@ from ..tasks import kind_of
 from ..tasks.classification import class_id_converter
 from ..tasks.regression import to_float
 from .conll import convert_tags, map_token_columns, read_conll_dataset
+from .squad import QA_COLUMNS, qa_columns, read_squad_split
 from .taskdefs import GLUE_LAYOUTS, TaskDef
 
 Columns = dict[str, list[Any]]
 LabelConverter = Callable[[Any], Any]
-_EXTENSIONS = {"glue_tsv": ".tsv", "tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl", "conll": ".txt"}
+_EXTENSIONS = {"glue_tsv": ".tsv", "tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl", "squad_json": ".json",
+               "conll": ".txt"}
 
 
 def make_label_converter(task: TaskConfig, label_map: Mapping[str, int]) -> LabelConverter:
@@ -184,13 +186,20 @@ def _read_split(task_def: TaskDef, split: Literal["train", "dev"],
     source, name = task_def.data, getattr(task_def.data, split)
     if name is None:
         raise ValueError(f"task {task_def.name!r} has no {split} split (data.{split} is null)")
+    qa = task_def.kind.columns == QA_COLUMNS  # rows of question, context, answers (squad.py)
     tagged = "tokens" in task_def.kind.columns  # sentences of words and tags (conll.py)
     if source.kind == "conll" and not tagged:
         raise ValueError(f"data kind 'conll' holds tagged words; type={task_def.task.type!r} cannot read them")
+    if source.kind == "squad_json":
+        if not qa:
+            raise ValueError(f"data kind 'squad_json' holds QA rows; type={task_def.task.type!r} cannot read them")
+        return read_squad_split(source.path, name)
     convert = make_label_converter(task_def.task, task_def.label_map)
     if source.kind == "hub":
         cache = None if cache_dir is None else str(cache_dir)
         ds = datasets.load_dataset(source.path, source.subset, split=name, cache_dir=cache)
+        if qa:
+            return qa_columns(ds, source.text_columns, source.label_column, f"task {task_def.name!r} ({source.path})")
         if tagged:
             return _tagged(ds, source, convert, f"task {task_def.name!r} ({source.path}/{source.subset}:{name})")
         return map_columns(ds, source.text_columns, source.label_column, convert,
@@ -205,6 +214,8 @@ def _read_split(task_def: TaskDef, split: Literal["train", "dev"],
         ds = datasets.Dataset.from_dict(readers[source.kind](path))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. a JSONL key holding both 0 and "pos"
         raise ValueError(f"{str(path)!r}: a column mixes value types ({e})") from None
+    if qa:
+        return qa_columns(ds, source.text_columns, source.label_column, str(path))
     if tagged:
         return _tagged(ds, source, convert, str(path))
     return map_columns(ds, source.text_columns, source.label_column, convert, where=str(path))
