@@ -25,6 +25,7 @@ The parts are one function per task (``ner_*`` for NER, ``qa_*`` for QA) and a c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -96,6 +97,18 @@ def ner_smoke_data(root: Path) -> None:
         for _ in range(n):
             lines += [f"{w} NNP O {t}" for w, t in sentence] + [""]
         (root / "conll2003" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def qa_smoke_data(root: Path, articles: int = 40) -> None:
+    """A synthetic ``squad/dev-v1.1.json`` for the smoke profile (both article ranges non-empty)."""
+    data = []
+    for a in range(articles):
+        context = f"The capital of country {a} is Paris, and its river is the Seine."
+        qas = [{"id": f"{a}-0", "question": f"What is the capital of country {a}?",
+                "answers": [{"text": "Paris", "answer_start": context.index("Paris")}]}]
+        data.append({"title": f"A{a}", "paragraphs": [{"context": context, "qas": qas}]})
+    (root / "squad").mkdir(parents=True, exist_ok=True)
+    (root / "squad" / "dev-v1.1.json").write_text(json.dumps({"data": data, "version": "1.1"}))
 
 
 def ner_row(results: dict[str, Any]) -> list[str] | None:
@@ -262,6 +275,7 @@ def main() -> None:
         if name == "smoke":
             data = Path(synthetic)
             ner_smoke_data(data)
+            qa_smoke_data(data)
         results = run_parts(args.parts, profile, data, save)
     rows = [r for r in (ner_row(results), qa_row(results), qa_em_row(results)) if r]
     print(format_table(["metric", "single-task", "multi-task PAL", "multi - single"], rows))

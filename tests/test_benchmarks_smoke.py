@@ -35,10 +35,13 @@ def check_glue_accuracy(results: Path) -> None:
 
 def check_ner_qa_accuracy(results: Path) -> None:
     summary = json.loads((results / "ner_qa_accuracy_smoke.json").read_text())
-    assert {"ner_single", "multi"} <= set(summary["results"])
+    assert {"ner_single", "qa_single", "multi"} <= set(summary["results"])
     for part in ("ner_single", "multi"):
         assert set(summary["results"][part]["metrics"]["conll"]) == {"f1", "precision", "recall", "accuracy"}
     assert summary["table"][0][0] == "CoNLL-2003 dev entity F1"
+    for part in ("qa_single", "multi"):
+        assert set(summary["results"][part]["metrics"]["squad"]) == {"exact_match", "f1"}
+    assert summary["table"][1][0].startswith("SQuAD F1, articles 38-47")
 
 
 def check_overhead(results: Path) -> None:
