@@ -79,7 +79,7 @@ def measure(spec: dict, top_half: bool) -> dict:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    configure_device(spec["device"], spec["threads"])
+    configure_device(spec["device"], spec["threads"], spec.get("clock", "wall"))
     import adapters
     import transformers
 

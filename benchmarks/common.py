@@ -44,6 +44,19 @@ Case = tuple[Callable[[], Any], Callable[[], AbstractContextManager] | None]
 
 
 _CUDA_TIMING = False  # set by configure_device("cuda"): time with CUDA events, not the host clock
+# The CPU clock: wall time by default; set_clock("cpu") times the CPU seconds this process used
+# (time.process_time), which other tenants of a shared machine do not inflate. With one torch
+# thread it is the cost of the work itself; with several it adds up their CPU time.
+_CLOCK = time.perf_counter
+
+
+def set_clock(name: str) -> None:
+    """``"wall"`` (time.perf_counter) or ``"cpu"`` (time.process_time) for CPU timings."""
+    global _CLOCK
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    if name not in clocks:
+        raise ValueError(f"clock={name!r} is not valid; choose one of {sorted(clocks)}")
+    _CLOCK = clocks[name]
 
 
 def time_once(fn: Callable[[], Any], context: Callable[[], AbstractContextManager] | None = None) -> float:
@@ -63,9 +76,9 @@ def time_once(fn: Callable[[], Any], context: Callable[[], AbstractContextManage
             end_event.record()
             end_event.synchronize()
             return start_event.elapsed_time(end_event) / 1000.0
-        start = time.perf_counter()
+        start = _CLOCK()
         fn()
-        return time.perf_counter() - start
+        return _CLOCK() - start
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -81,6 +94,8 @@ def add_device_args(parser: Any, threads: bool = True) -> None:
                             help="torch CPU threads (1 is the stable choice on a shared 2-core machine)")
     parser.add_argument("--smoke", action="store_true", help="tiny model and 1 round: checks the script runs")
     parser.add_argument("--results-dir", default=None, help="write JSON/PNG here instead of benchmarks/results/")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="CPU timings: wall time, or this process's CPU time (robust on a busy shared machine)")
 
 
 def set_results_dir(path: str | Path | None) -> None:
@@ -90,12 +105,13 @@ def set_results_dir(path: str | Path | None) -> None:
         RESULTS_DIR = Path(path)
 
 
-def configure_device(device: str, threads: int) -> Any:
-    """Set torch's thread count and the timer for ``device``; returns the ``torch.device``."""
+def configure_device(device: str, threads: int, clock: str = "wall") -> Any:
+    """Set torch's thread count and the timer for ``device`` (``clock`` on CPU); returns the device."""
     global _CUDA_TIMING
     import torch
 
     torch.set_num_threads(threads)
+    set_clock(clock)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: torch {torch.__version__} sees no CUDA device")

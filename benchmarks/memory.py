@@ -130,10 +130,47 @@ def child_growth(spec: dict) -> dict:
     return {"trace": trace, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def child_trainer(spec: dict) -> dict:
+    """Run in a subprocess: the real trainer (GLUE tasks, tokenizer, datasets, dynamic padding,
+    evaluation at the end) for ``steps`` steps; RSS sampled every second by a thread."""
+    import threading
+    import time
+
+    import torch
+
+    from pal_adapters.training.config import TrainConfig
+    from pal_adapters.training.loop import MultiTaskTrainer
+    from pal_adapters.training.taskdefs import load_task_defs
+
+    torch.set_num_threads(spec["threads"])
+    trace, stop, t0 = [], threading.Event(), time.perf_counter()
+
+    def sample():
+        while not stop.wait(1.0):
+            trace.append([round(time.perf_counter() - t0, 1), rss_mb()])
+
+    threading.Thread(target=sample, daemon=True).start()
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    defs = load_task_defs(examples / "glue.yaml", data_dir=spec["data_dir"])
+    defs = {n: defs[n] for n in ("sst2", "mrpc", "stsb", "rte")}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(model="minilm", adapter="pal", max_steps=spec["steps"], batch_size=spec["batch"],
+                             eval_every=spec["steps"], max_train_examples=spec["max_train"], max_eval_examples=500,
+                             output_dir=tmp, lr=1e-4, adapter_lr=1e-3)
+        built = rss_mb()
+        trainer = MultiTaskTrainer(config, defs)
+        after_init = rss_mb()
+        trainer.fit()
+    stop.set()
+    return {"trace_seconds_mb": trace, "rss_before_trainer_mb": built, "rss_after_init_mb": after_init,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def run_child(kind: str, spec: dict, malloc: str | None = None, in_process: bool = False) -> dict:
     """Run ``child_peak``/``child_growth`` in a fresh interpreter (its own peak), or here (--smoke)."""
+    children = {"peak": child_peak, "growth": child_growth, "trainer": child_trainer}
     if in_process:
-        return child_peak(spec) if kind == "peak" else child_growth(spec)
+        return children[kind](spec)
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if malloc:
         env["GLIBC_TUNABLES"] = malloc
@@ -253,6 +290,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="training steps per peak-memory configuration")
     p.add_argument("--growth-steps", type=int, default=200)
+    p.add_argument("--trainer-steps", type=int, default=0,
+                   help="also run the real trainer on ../shared/data/glue for this many steps, RSS sampled (0: off)")
+    p.add_argument("--only-trainer", action="store_true", help="run only the trainer growth study")
     p.add_argument("--quick", action="store_true", help="batch 8, 2 steps, 60 growth steps")
     p.add_argument("--output", default=None, help="JSON name under benchmarks/results/")
     add_device_args(p)
@@ -268,14 +308,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def trainer_growth(args: argparse.Namespace) -> dict[str, Any]:
+    data_dir = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+    if not data_dir.is_dir():
+        return {"skipped": f"no GLUE data at {data_dir}"}
+    print(f"trainer growth: {args.trainer_steps} steps", file=sys.stderr, flush=True)
+    spec = {"steps": args.trainer_steps, "batch": args.batch, "threads": args.threads, "max_train": 4000,
+            "data_dir": str(data_dir)}
+    return run_child("trainer", spec)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.only_trainer:
+        report = {**run_metadata(), "trainer_growth": trainer_growth(args)}
+        print(f"wrote {write_json(args.output.replace('.json', '_trainer.json'), report)}")
+        return report
     peak = peaks(args)
     report = {**run_metadata(), "settings": {"batch": args.batch, "length": args.length, "steps": args.steps,
                                              "device": args.device, "adapter": "pal (all layers), AdamW",
                                              "growth_steps": args.growth_steps},
               "peak": peak, "frozen_over_tuned": ratios(peak, args.device), "disk": disk(args.shapes),
-              "growth": growth(args) if args.device == "cpu" else {"skipped": "RSS growth is a CPU question"}}
+              "growth": growth(args) if args.device == "cpu" else {"skipped": "RSS growth is a CPU question"},
+              "trainer_growth": trainer_growth(args) if args.trainer_steps else {"skipped": "--trainer-steps 0"}}
     print(render(report))
     print(f"wrote {write_json(args.output, report)}")
     if args.device == "cpu":
@@ -286,6 +341,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         spec = json.loads(sys.argv[3])
-        print(json.dumps(child_peak(spec) if sys.argv[2] == "peak" else child_growth(spec)))
+        print(json.dumps({"peak": child_peak, "growth": child_growth, "trainer": child_trainer}[sys.argv[2]](spec)))
     else:
         main()

@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     steady_malloc_reexec(args.system_malloc or args.device != "cpu")
-    device = configure_device(args.device, args.threads)
+    device = configure_device(args.device, args.threads, args.clock)
     dtype = torch_dtype(args.dtype)
     backbone, described = minilm_backbone(args.smoke)
     x = padded_inputs(args.batch, args.length, device)
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[method] = {"error": f"{type(err).__name__}: {err}"}
     report = {**run_metadata(), "backbone": described, "batch": args.batch, "length": args.length,
               "dtype": args.dtype, "device": args.device, "compile": args.compile, "rounds": args.rounds,
+              "clock": args.clock,
               "targets": {f"T={t}": v for t, v in TARGETS.items()}, "results": results,
               "checks": checks(results, args.tasks)}
     print(render(results, args.tasks))

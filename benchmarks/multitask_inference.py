@@ -96,7 +96,7 @@ def adapterhub(args: argparse.Namespace, backbone_path: str | None) -> dict[str,
         return {"skipped": f"no AdapterHub venv at {python}: run bash benchmarks/adapterhub_env.sh"}
     spec = {"tasks": args.tasks, "layers": list(LAYERS), "batch": args.batch, "length": args.length,
             "rounds": args.rounds, "threads": args.threads, "device": args.device, "dtype": args.dtype,
-            "reduction_factor": 6, "path": backbone_path,
+            "reduction_factor": 6, "path": backbone_path, "clock": args.clock,
             "shape": {**(TINY_SHAPE if args.smoke else MINILM_SHAPE)}}
     print("AdapterHub worker running ...", file=sys.stderr, flush=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
@@ -134,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     steady_malloc_reexec(args.system_malloc or args.device != "cpu")
-    device = configure_device(args.device, args.threads)
+    device = configure_device(args.device, args.threads, args.clock)
     backbone, described = minilm_backbone(args.smoke)
     path = getattr(backbone, "name_or_path", None) or None
     path = path if path and Path(path).exists() else None
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["ours"][layers] = ours(backbone, layers, args.tasks, x, args.rounds, device, torch_dtype(args.dtype))
     results["adapterhub"] = {"skipped": "--no-adapterhub"} if args.no_adapterhub else adapterhub(args, path)
     report = {**run_metadata(), "backbone": described, "batch": args.batch, "length": args.length,
-              "dtype": args.dtype, "device": args.device, "rounds": args.rounds,
+              "dtype": args.dtype, "device": args.device, "rounds": args.rounds, "clock": args.clock,
               "targets": {"T": TARGET_T, **TARGETS}, "results": results, "checks": checks(results, args.tasks)}
     print(render(results, args.tasks))
     for line in report["checks"]:

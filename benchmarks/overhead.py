@@ -286,7 +286,7 @@ def minor_faults(cases: dict[str, Any]) -> dict[str, int]:
 
 def run_one(args: argparse.Namespace, threads: int, budget_s: float | None) -> dict[str, Any]:
     """Build, check and time everything at one thread count; print the table."""
-    device = configure_device(args.device, threads)
+    device = configure_device(args.device, threads, args.clock)
     model, bank = build(args.seed, args.smoke, device, torch_dtype(args.dtype))
     batch = make_batch(args.batch, args.seq, model.config.vocab_size, args.seed, device)
     cases = make_cases(model, bank, batch, args.compile)
@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             - (args.batch - args.batch // 2) * (args.seq // 4),
             "padding": "rows batch//2 and up masked over their last seq//4 positions",
             "dtype": args.dtype, "device": args.device, "compile": args.compile, "smoke": args.smoke,
+            "clock": args.clock,
             "mode": "eval + torch.inference_mode", "max_rounds": args.repeats,
             "warmup_calls_per_case": args.warmup, "seed": args.seed,
             "malloc": os.environ.get("GLIBC_TUNABLES", "system default"),

@@ -30,6 +30,7 @@ from common import (
     pair_ratios,
     paired_timings,
     run_metadata,
+    set_clock,
     steady_malloc_reexec,
     summary,
     write_json,
@@ -101,8 +102,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is the stable choice on a shared 2-core machine)")
     parser.add_argument("--system-malloc", action="store_true", help="do not re-run under STEADY_MALLOC (common.py)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall time, or this process's CPU time (robust on a busy shared machine)")
     args = parser.parse_args()
     steady_malloc_reexec(args.system_malloc)
+    set_clock(args.clock)
     torch.set_num_threads(args.threads)
     rounds, length = (3, 64) if args.quick else (args.rounds, 128)
     torch.set_grad_enabled(False)
@@ -121,7 +125,7 @@ def main() -> None:
     ]
     print(format_table(["measure (median of interleaved rounds)", "measured", "target"], rows))
     path = write_json("routing.json" if not args.quick else "routing_quick.json",
-                      {**run_metadata(), "threads": args.threads,
+                      {**run_metadata(), "threads": args.threads, "clock": args.clock,
                        "malloc": os.environ.get("GLIBC_TUNABLES", "system"), "seq_len": length, "rounds": rounds,
                        "results": results})
     print(f"wrote {path}")

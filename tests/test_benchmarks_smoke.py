@@ -70,6 +70,11 @@ def check_memory(results: Path) -> None:
     assert 0 < report["disk"]["tiny"]["task_over_full"] < 1
 
 
+def check_train_check(results: Path) -> None:
+    report = json.loads((results / "train_check_smoke_cpu.json").read_text())
+    assert report["fp32"]["went_down"] and report["bf16"]["went_down"] and report["matches"]
+
+
 SCRIPTS = [
     ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen"],
      check_glue_accuracy),
@@ -78,6 +83,7 @@ SCRIPTS = [
     ("mixed_batch.py", ["--smoke"], check_mixed_batch),
     ("multitask_inference.py", ["--smoke"], check_multitask_inference),
     ("memory.py", ["--smoke"], check_memory),
+    ("train_check.py", ["--smoke"], check_train_check),
 ]
 
 
