@@ -20,7 +20,8 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     mkdir -p .whl
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
     plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
-    for pkg in "datasets==$(python -c 'import datasets; print(datasets.__version__)')" dill multiprocess; do
+    for name in datasets dill multiprocess; do  # the versions installed here, which pal_adapters is tested with
+        pkg="$name==$(python -c "import importlib.metadata as m; print(m.version('$name'))")"
         python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .whl "$pkg" \
           || python -m pip download -q --no-deps --only-binary=:all: -d .whl "$pkg"
     done
