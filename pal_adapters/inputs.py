@@ -2,7 +2,7 @@
 
 Cheap by design: shapes, two config fields, one ``aminmax`` over ``input_ids`` (about 6 us at
 8 x 128 on a CPU; on an accelerator, reading its result waits for the device), and Python over
-``task_ids``.
+``task_ids``. Inside ``torch.compile`` the vocabulary check is left out (it would break the graph).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.compiler import is_dynamo_compiling
 
 
 def _batch_tensor(inputs: dict[str, Any]) -> tuple[str, torch.Tensor]:
@@ -62,7 +63,8 @@ class InputLimits:
         if "position_ids" not in inputs and self.max_length is not None and x.shape[1] > self.max_length:
             self.refresh()
             self._check_length(x.shape[1])
-        if key == "input_ids" and not _in_vocabulary(x, self.vocab_size):
+        # Compiled code cannot branch on data without a graph break: there the embedding's own error stands.
+        if key == "input_ids" and not is_dynamo_compiling() and not _in_vocabulary(x, self.vocab_size):
             self.refresh()
             _check_vocabulary(x, self.vocab_size)
         return x.shape[0]

@@ -19,6 +19,12 @@ Each encoder forward then gets a ``ForwardState`` of its own (in a second Contex
 encoder's pre-hook and reset by its post-hook): the routing, the padding mask (PALs attend over
 the same keys as the backbone), a depth counter for encoders that apply one layer module at
 several depths (ALBERT), and each layer's input. Nothing a forward writes is shared with another.
+
+Under ``torch.compile`` Dynamo cannot trace a ContextVar (each access would break the graph at
+every hook), so while Dynamo traces, the state passes between hooks through plain attributes
+of the router instead: Dynamo resolves them at trace time into the graph it builds (guarded on
+the routing's values) and leaves nothing behind at run time. A compiled call still reads the
+routing of its own context where it is not given in the traced code (``use_task`` outside it).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 import torch
+from torch.compiler import is_dynamo_compiling
 
 ALL_ROWS = -1  # a segment stop meaning "to the end of the batch"
 
@@ -134,6 +141,9 @@ class Router:
         self._context: ContextVar[Routing | None] = ContextVar(f"pal_adapters_routing_{id(self):x}", default=None)
         self._forward: ContextVar[ForwardState | None] = ContextVar(f"pal_adapters_forward_{id(self):x}",
                                                                     default=None)
+        # Read and written only while Dynamo traces (see the module docstring).
+        self._traced_routing: Routing | None = None
+        self._traced_state: ForwardState | None = None
 
     # A ContextVar can be neither copied nor pickled: a copied or unpickled model gets its own.
     def __getstate__(self) -> dict:
@@ -151,10 +161,12 @@ class Router:
     # ---- task routing ---------------------------------------------------------------------
     def context_routing(self) -> Routing | None:
         """The routing this context chose (``use_task``, a forward in progress), or None."""
+        if is_dynamo_compiling() and self._traced_routing is not None:
+            return self._traced_routing
         return self._context.get()
 
     def current(self) -> Routing:
-        routing = self._context.get()
+        routing = self.context_routing()
         return self.default if routing is None else routing
 
     @property
@@ -169,6 +181,13 @@ class Router:
     @contextmanager
     def routed(self, routing: Routing) -> Iterator[None]:
         """Use ``routing`` for calls from this context inside the block only."""
+        if is_dynamo_compiling():
+            previous, self._traced_routing = self._traced_routing, routing
+            try:
+                yield
+            finally:
+                self._traced_routing = previous
+            return
         token = self._context.set(routing)
         try:
             yield
@@ -178,12 +197,20 @@ class Router:
     # ---- per-forward state ----------------------------------------------------------------
     def forward_state(self) -> ForwardState | None:
         """The state of the encoder forward running in this context, or None."""
+        if is_dynamo_compiling():
+            return self._traced_state
         return self._forward.get()
 
     def open_forward(self, state: ForwardState) -> None:
-        state.token = self._forward.set(state)
+        if is_dynamo_compiling():
+            self._traced_state = state
+        else:
+            state.token = self._forward.set(state)
 
     def close_forward(self, encoder) -> None:
+        if is_dynamo_compiling():
+            self._traced_state = None
+            return
         state = self._forward.get()
         if state is not None and state.encoder is encoder and state.token is not None:
             self._forward.reset(state.token)
@@ -192,6 +219,13 @@ class Router:
     @contextmanager
     def replaying(self, state: ForwardState) -> Iterator[None]:
         """Make ``state`` this context's forward inside the block (a checkpointed layer's recompute)."""
+        if is_dynamo_compiling():
+            previous, self._traced_state = self._traced_state, state
+            try:
+                yield
+            finally:
+                self._traced_state = previous
+            return
         token = self._forward.set(state)
         try:
             yield

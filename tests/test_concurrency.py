@@ -277,30 +277,71 @@ def test_set_task_is_model_wide_and_use_task_is_local_to_its_thread():
         assert torch.equal(seen["after_set"], model(**batch, task="d").logits)
 
 
-def test_data_parallel_on_cpu_and_replicas_keep_the_callers_use_task():
+def test_data_parallel_on_cpu_calls_the_module_directly():
     model = build()
     batch = batch_for(1)
     with torch.no_grad():
-        dp = torch.nn.DataParallel(model)  # no GPU: calls the module directly
+        dp = torch.nn.DataParallel(model)  # no GPU: DataParallel calls the module itself
         assert torch.equal(dp(**batch, task="b").logits, model(**batch, task="b").logits)
-        # With several GPUs DataParallel replicates the model in the calling thread and runs each
-        # replica in a thread of its own, which does not see the caller's context.
         with model.use_task("c"):
-            replica_bank = model.bank._replicate_for_data_parallel()
-        seen = {}
-        t = threading.Thread(target=lambda: seen.setdefault("active", replica_bank.active_routing().active))
-        t.start()
-        t.join()
-        assert seen["active"] == "c" and model.bank.active_routing().active == "a"
+            assert torch.equal(dp(**batch).logits, model(**batch, task="c").logits)
 
 
+def _replicate_on_cpu(model, n: int, monkeypatch) -> list:
+    """torch.nn.parallel.replicate as DataParallel calls it, with the GPU broadcast replaced by
+    per-replica copies, so the replicas are built exactly as on several GPUs."""
+    import importlib
+
+    rep = importlib.import_module("torch.nn.parallel.replicate")  # the module, not the function
+
+    def copies(tensors, devices, detach=False):
+        return [[t.detach().clone().requires_grad_(t.requires_grad) for t in tensors] for _ in devices] \
+            if tensors else []
+
+    monkeypatch.setattr(rep, "_broadcast_coalesced_reshape", copies)
+    return rep.replicate(model, list(range(n)), detach=True)
+
+
+def test_data_parallel_replicas_on_their_own_threads_use_their_own_adapters_and_the_callers_task(monkeypatch):
+    model = build()
+    batch = batch_for(2)
+    with torch.no_grad():
+        expected = {t: model(**batch, task=t).logits for t in TASKS}
+        with model.use_task("c"):  # DataParallel replicates in the caller's thread ...
+            replicas = _replicate_on_cpu(model, 2, monkeypatch)
+        for m in replicas[1].bank["c"].modules():  # replica parameters are plain attributes
+            for p in m._former_parameters.values():
+                p.zero_()  # replica 1's own copy: its output must show it, replica 0's must not
+        model.set_task("d")  # ... and runs each replica on a fresh thread (parallel_apply's _worker)
+        got = {}
+        calls = {0: {}, 1: {}, 2: {"task": "b"}}
+
+        def work(i: int) -> None:
+            with torch.no_grad():
+                got[i] = replicas[min(i, 1)](**batch, **calls[i]).logits
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for p in model.bank["c"].parameters():
+            p.zero_()
+        c_zeroed = model(**batch, task="c").logits
+    assert torch.equal(got[0], expected["c"])  # the caller's use_task, not the default "d"
+    assert torch.equal(got[1], c_zeroed)  # the replica's own adapters acted
+    assert torch.equal(got[2], expected["b"])  # a task passed to the call wins
+
+
+@pytest.mark.slow  # two Dynamo compilations of a BERT: ~20 s on a quiet 2-core machine
 def test_compiled_model_routes_each_call_to_its_task():
+    """Dynamo traces the routing of ``task=`` into the graph (guarded on the task) and reads a
+    ``use_task`` made outside the compiled code from the caller's context."""
     model = build()
     batch = batch_for(0)
     with torch.no_grad():
         expected = {t: model(**batch, task=t).logits for t in ("b", "c")}
         compiled = torch.compile(model, backend="aot_eager")
-        for t in ("b", "c", "b"):
-            torch.testing.assert_close(compiled(**batch, task=t).logits, expected[t], rtol=1e-5, atol=1e-6)
-        mixed = compiled(**batch, task_ids=["c", "b"])
-        torch.testing.assert_close(mixed.logits["c"], expected["c"][:1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(compiled(**batch, task="b").logits, expected["b"], rtol=1e-5, atol=1e-6)
+        with model.use_task("c"):
+            torch.testing.assert_close(compiled(**batch).logits, expected["c"], rtol=1e-5, atol=1e-6)
