@@ -134,7 +134,7 @@ def _drop_output_activation(data: dict) -> None:
     (lambda d: d.update(extra=1), True, r"pal_config.json: unknown top-level fields \['extra'\]"),
     (lambda d: d.update(version=3), True, r"pal_config.json has format version 3, written by a newer pal_adapters; "
                                           r"this one reads versions 1 to 2: upgrade pal_adapters"),
-    (lambda d: d["adapter"].update(output_activation="identity"), False,
+    (lambda d: d["adapter"].update(output_activation="tanh"), False,
      r"pal_config.json was changed after it was saved \(field content_sha256 does not match its content\)"),
 ])
 def test_a_saved_file_is_complete_current_and_unedited(tmp_path, change, rehashed, message):
