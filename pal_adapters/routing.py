@@ -23,8 +23,9 @@ several depths (ALBERT), and each layer's input. Nothing a forward writes is sha
 Under ``torch.compile`` Dynamo cannot trace a ContextVar (each access would break the graph at
 every hook), so while Dynamo traces, the state passes between hooks through plain attributes
 of the router instead: Dynamo resolves them at trace time into the graph it builds (guarded on
-the routing's values) and leaves nothing behind at run time. A compiled call still reads the
-routing of its own context where it is not given in the traced code (``use_task`` outside it).
+the routing's values) and leaves nothing behind at run time. Where the traced code did not set
+them (a ``use_task`` outside the compiled code, layers compiled one by one), the compiled code
+reads the ContextVar, at the cost of a graph break, and so still sees its own context.
 """
 
 from __future__ import annotations
@@ -197,9 +198,9 @@ class Router:
     # ---- per-forward state ----------------------------------------------------------------
     def forward_state(self) -> ForwardState | None:
         """The state of the encoder forward running in this context, or None."""
-        if is_dynamo_compiling():
+        if is_dynamo_compiling() and self._traced_state is not None:
             return self._traced_state
-        return self._forward.get()
+        return self._forward.get()  # also when only a layer is compiled: its encoder ran eagerly
 
     def open_forward(self, state: ForwardState) -> None:
         if is_dynamo_compiling():
