@@ -14,7 +14,7 @@ from pal_adapters.training.config import TrainConfig
 from pal_adapters.training.data import LengthGroupedBatchSampler, make_dataloader, tokenize
 from pal_adapters.training.loop import MultiTaskTrainer
 from pal_adapters.training.readers import load_split
-from pal_adapters.training.streams import TaskStream
+from pal_adapters.training.streams import TaskStream, shard
 from pal_adapters.training.taskdefs import load_task_defs
 
 GROUP = 3
@@ -84,6 +84,15 @@ def test_batches_hold_whole_groups(tmp_path, shuffle) -> None:
         assert len(rows) == 2 * GROUP and all(rows[i] % GROUP == 0 for i in range(0, len(rows), GROUP))
     for batch in make_dataloader(ds, toy_tokenizer(), 7, kind=task.kind, shuffle=shuffle):
         assert batch["labels"].view(-1, GROUP).sum(-1).tolist() == [1] * (len(batch["labels"]) // GROUP)
+
+
+def test_processes_get_whole_groups_of_a_global_batch() -> None:
+    rows = list(range(30, 42))  # four groups of 3
+    shares = [shard(rows, rank, 2, GROUP) for rank in range(2)]
+    assert shares == [[30, 31, 32, 36, 37, 38], [33, 34, 35, 39, 40, 41]]
+    with pytest.raises(ValueError, match="divisible by 6"):
+        shard(rows[:9], 0, 2, GROUP)
+    assert shard(rows[:9], 1, 2, GROUP, whole=False) == [33, 34, 35]  # a mixed batch's uneven share
 
 
 def test_precision_at_1_and_mrr_match_hand_counts() -> None:

@@ -119,7 +119,8 @@ class MultiTaskTrainer:
 
     def _one_task_batch(self, task: str) -> dict[str, Any]:
         acc = self.accelerator
-        rows = shard(self.streams[task].take(self.config.batch_size), acc.process_index, acc.num_processes)
+        stream = self.streams[task]
+        rows = shard(stream.take(self.config.batch_size), acc.process_index, acc.num_processes, stream.group_size)
         return self._device(collate(self.streams[task], rows, self.collator))
 
     def _mixed_batch(self, micro_step: int) -> dict[str, Any]:
@@ -130,7 +131,7 @@ class MultiTaskTrainer:
         parts = []
         for task, n in counts.items():
             rows = self.streams[task].take(n)
-            mine = rows[acc.process_index::acc.num_processes]
+            mine = shard(rows, acc.process_index, acc.num_processes, self.streams[task].group_size, whole=False)
             if mine:
                 parts.append((task, collate(self.streams[task], mine, self.collator)))
         kinds = {t: self.streams[t].kind for t, _ in parts}  # they re-pad token labels to the joint length

@@ -68,12 +68,15 @@ class TaskStream:
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
 
-def shard(indices: list[int], rank: int, world: int) -> list[int]:
-    """This process's rows of a global batch (every ``world``-th row, starting at ``rank``)."""
-    if len(indices) % world:
+def shard(indices: list[int], rank: int, world: int, group: int = 1, whole: bool = True) -> list[int]:
+    """This process's rows of a global batch: every ``world``-th group of ``group`` consecutive rows
+    (a ranking query's candidates stay on one process), starting at ``rank``. With ``whole`` the
+    groups must split evenly over the processes (a one-task batch); mixed batches allow uneven shares."""
+    groups = [indices[i:i + group] for i in range(0, len(indices), group)]
+    if whole and len(groups) % world:
         raise ValueError(f"a global batch of {len(indices)} rows cannot be split over {world} processes; "
-                         f"choose a batch_size divisible by {world}")
-    return indices[rank::world]
+                         f"choose a batch_size divisible by {world * group}")
+    return [i for g in groups[rank::world] for i in g]
 
 
 def collate(stream: TaskStream, indices: list[int], collator: DynamicPaddingCollator) -> dict[str, torch.Tensor]:

@@ -198,7 +198,7 @@ class TaskDef:
         if not isinstance(self.options, Mapping):
             raise ValueError(f"options={self.options!r} must be a mapping of option name -> value")
         object.__setattr__(self, "options", dict(self.options))
-        object.__setattr__(self, "_kind", get_kind(self.task.type)(self.task, **self.options))
+        get_kind(self.task.type)(self.task, **self.options)  # unknown options raise here, naming the valid ones
         metrics = tuple(self.metrics) or GLUE_TASK_METRICS.get(self.data.glue_task or "", ())
         metrics = metrics or self.kind.default_metrics
         object.__setattr__(self, "metrics", metrics)
@@ -227,8 +227,9 @@ class TaskDef:
 
     @property
     def kind(self) -> TaskKind:
-        """The task's kind, with this definition's ``options``."""
-        return self._kind
+        """The task's kind, with this definition's ``options`` (a new, stateless object each time:
+        not stored, so the fields are all of a definition and ``TaskDef(**vars(d))`` rebuilds it)."""
+        return get_kind(self.task.type)(self.task, **self.options)
 
     @property
     def eval_only(self) -> bool:
