@@ -3,6 +3,7 @@ process's final trainable weights. Prints the number of processes accelerate sta
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def run(task_file: str, out: str, mixed: bool) -> dict:
     accelerator = make_accelerator(config)
     defs = load_task_defs(task_file)
     # Heads without dropout, so every process computes the same thing as one process would.
-    defs = {n: d.__class__(**{**d.__dict__, "task": d.task.__class__(**{**d.task.__dict__, "dropout": 0.0})})
+    defs = {n: dataclasses.replace(d, task=dataclasses.replace(d.task, dropout=0.0))
             for n, d in defs.items()}
     trainer = MultiTaskTrainer(config, defs, backbone=toy_backbone(), tokenizer=toy_tokenizer(),
                                accelerator=accelerator)
