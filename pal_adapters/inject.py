@@ -30,7 +30,6 @@ _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 # Saved tasks are folders named after the task (tasks/<name>/): well inside the 255-byte file-name
 # limit of common file systems, with room for the temporary names of atomic writes.
 MAX_TASK_NAME = 128
-_NOT_REPLICA = object()
 
 
 class AdapterBank(nn.ModuleDict):
@@ -43,7 +42,7 @@ class AdapterBank(nn.ModuleDict):
         self.d_model = int(base.config.hidden_size)
         self._base_ref = [base]  # a list keeps the encoder out of this module's children
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._replica_routing = _NOT_REPLICA
+        self._replica_routing: Routing | None = None  # a DataParallel replica's caller's routing
         self.train(base.training)
 
     @property
@@ -119,7 +118,7 @@ class AdapterBank(nn.ModuleDict):
         routing = self.router.context_routing()
         if routing is not None:
             return routing
-        return self.router.default if self._replica_routing is _NOT_REPLICA else self._replica_routing
+        return self.router.default if self._replica_routing is None else self._replica_routing
 
     def _replicate_for_data_parallel(self) -> AdapterBank:
         # DataParallel replicates in the caller's thread, then runs each replica on a thread of its
@@ -169,7 +168,7 @@ class AdapterBank(nn.ModuleDict):
     # ---- lifecycle ------------------------------------------------------------------------
     def attach(self) -> None:
         base = self._base_ref[0]
-        encoder = EncoderHooks(self, base, ATTRIBUTE)
+        encoder = EncoderHooks(self, ATTRIBUTE)
         self._handles.append(base.register_forward_pre_hook(encoder.before, with_kwargs=True))
         self._handles.append(base.register_forward_hook(encoder.after, always_call=True))
         depth_fixed = not self.resolved.layout.shared

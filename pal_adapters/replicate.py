@@ -18,6 +18,7 @@ that another call, in another thread, could see.
 from __future__ import annotations
 
 import inspect
+from functools import cache
 from typing import Any
 
 import torch
@@ -39,24 +40,33 @@ def _repeat(value: Any, n: int, batch: int) -> Any:
     return value
 
 
+@cache
+def forward_signature(cls: type) -> inspect.Signature:
+    """The signature of ``cls.forward`` without ``self``: kept per class, not on the hook objects,
+    which must stay copyable (``copy.deepcopy`` and pickle refuse a Signature)."""
+    signature = inspect.signature(cls.forward)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
 class LayerArgs:
     """Repeats the batch-shaped arguments of one layer module's calls for a replication plan."""
 
     def __init__(self, layer: torch.nn.Module, batch_args: tuple[str, ...]):
-        self.signature = inspect.signature(layer.forward)
-        self.first = next(iter(self.signature.parameters))
+        self.layer_class = type(layer)
         self.batch_args = set(batch_args)
 
     def repeat(self, plan: Replication, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """The hidden states (first argument) and the ``batch_args`` repeated ``plan.n`` times."""
-        bound = self.signature.bind(*args, **kwargs)
-        for name, param in self.signature.parameters.items():
+        signature = forward_signature(self.layer_class)
+        first = next(iter(signature.parameters))
+        bound = signature.bind(*args, **kwargs)
+        for name, param in signature.parameters.items():
             if name not in bound.arguments:
                 continue
             value = bound.arguments[name]
             if param.kind is inspect.Parameter.VAR_KEYWORD:
                 bound.arguments[name] = {k: self._maybe(plan, k, v) for k, v in value.items()}
-            elif name == self.first:  # hidden states: only the first replicated layer sees `batch` rows
+            elif name == first:  # hidden states: only the first replicated layer sees `batch` rows
                 bound.arguments[name] = _repeat(value, plan.n, plan.batch)
             else:
                 bound.arguments[name] = self._maybe(plan, name, value)

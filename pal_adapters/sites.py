@@ -21,13 +21,12 @@ checkpointed call is bound to the forward's state at forward time and replays un
 
 from __future__ import annotations
 
-import inspect
 from functools import partial
 
 import torch
 from torch import nn
 
-from .replicate import LayerArgs
+from .replicate import LayerArgs, forward_signature
 from .routing import ForwardState, Router, padding_keep
 
 try:  # the base class of layers that transformers checkpoints
@@ -39,14 +38,13 @@ except ImportError:  # pragma: no cover - older transformers
 class EncoderHooks:
     """Open a ``ForwardState`` when the encoder starts, close it when it returns (or raises)."""
 
-    def __init__(self, bank, base: nn.Module, attribute: str):
+    def __init__(self, bank, attribute: str):
         self.bank, self.router, self.attribute = bank, bank.router, attribute
-        self.signature = inspect.signature(base.forward)
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")
         if mask is None and args:
-            mask = self.signature.bind_partial(*args).arguments.get("attention_mask")
+            mask = forward_signature(type(module)).bind_partial(*args).arguments.get("attention_mask")
         keep = padding_keep(mask)
         # A DataParallel replica of the encoder holds a replica of the bank: its adapters act.
         bank = module._modules.get(self.attribute)

@@ -277,6 +277,31 @@ def test_set_task_is_model_wide_and_use_task_is_local_to_its_thread():
         assert torch.equal(seen["after_set"], model(**batch, task="d").logits)
 
 
+def test_a_copied_or_pickled_encoder_has_its_own_router():
+    import copy
+    import io
+
+    from pal_adapters import AdapterConfig as Config
+    from pal_adapters import get_bank, inject_adapters
+
+    model = tiny_model("bert")
+    bank = inject_adapters(model, Config(kind="pal", hidden_size=8, num_heads=2), tasks=["a", "b"])
+    randomize_adapters(model)
+    bank.set_task("b")
+    batch = batch_for(0)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    with torch.no_grad():
+        expected = model(**batch).last_hidden_state
+        for twin in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+            twin_bank = get_bank(twin)
+            assert twin_bank.router is not bank.router and twin_bank.router.active == "b"
+            assert torch.equal(twin(**batch).last_hidden_state, expected)
+            with twin_bank.use_task("a"):
+                assert bank.router.active == "b" and twin_bank.router.active == "a"
+
+
 def test_data_parallel_on_cpu_calls_the_module_directly():
     model = build()
     batch = batch_for(1)
