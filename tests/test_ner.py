@@ -95,6 +95,8 @@ def test_label_converter_maps_names_and_ids():
     assert convert(["B-PER", "O", "3"]) == [1, 0, 3]
     with pytest.raises(ValueError, match="B-FOO"):
         convert(["B-FOO"])
+    with pytest.raises(ValueError, match="needs labels="):  # before training, not at the first evaluation
+        kind_of(TaskConfig(type="token_classification", num_labels=9)).label_converter({})
     ds = datasets.Dataset.from_dict({"tokens": [["EU"], ["Peter", "B"]], "tags": [["B-ORG"], ["B-PER", "B-FOO"]]})
     assert convert_tags(ds.select([0]), convert)["tags"] == [[3]]
     with pytest.raises(ValueError, match="sentence 1: .*B-FOO"):

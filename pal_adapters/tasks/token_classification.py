@@ -160,7 +160,10 @@ class TokenClassificationKind(TaskKind):
 
     # ---- data ------------------------------------------------------------------------------
     def label_converter(self, label_map: Mapping[str, int]) -> Callable[[Any], list[int]]:
-        """A sentence's tags -> class ids: names through ``label_map``, ints and numeric strings as ids."""
+        """A sentence's tags -> class ids: names through ``label_map``, ints and numeric strings as ids.
+
+        Asks for the tag names now, before any training: evaluation needs them to find entities."""
+        self.tag_names  # noqa: B018 (raises without labels=)
         to_id = class_id_converter(self.task.num_labels, label_map)
         return lambda tags: [to_id(tag) for tag in tags]
 
