@@ -165,6 +165,15 @@ def test_save_pretrained_round_trip_with_classifier(kind, tmp_path):
         torch.testing.assert_close(loaded(**batch).logits, expected[name], rtol=0, atol=1e-6)
 
 
+def test_loading_a_file_that_does_not_fit_raises(tmp_path):
+    model = peft_of("bert", "pal")
+    model.save_pretrained(str(tmp_path))
+    config = tmp_path / "adapter_config.json"
+    config.write_text(config.read_text().replace('"layers": "all"', '"layers": [0]'))  # now one inner module too many
+    with pytest.raises(ValueError, match=r"unexpected \['pal_adapters.default.ts.inner.1"):
+        PeftModel.from_pretrained(tiny_model("bert"), str(tmp_path))
+
+
 def test_trainer_steps_lower_the_loss(tmp_path):
     from transformers import Trainer, TrainingArguments
 

@@ -23,6 +23,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper, set_additional_trainable_
 from torch import nn
 
 from ..inject import ATTRIBUTE
+from ..io import AdapterLoadError
 from ..merge import check_mergeable, fold_lhuc
 from ..routing import Routing, Segment
 from .layer import PeftAdapterBank, attach_bank
@@ -167,7 +168,21 @@ class PalPeftModel(BaseTuner):
             if sep and _under_bank(key, saved):
                 key = f"{head}{ATTRIBUTE}.{adapter_name}.{rest}"
             out[key] = value
+        _check_complete(model, adapter_name, out)
         return out  # set_peft_model_state_dict drops "base_model.model." where the model has no such prefix
+
+
+def _check_complete(model: nn.Module, adapter_name: str, loaded: dict[str, torch.Tensor]) -> None:
+    """PEFT loads with ``strict=False``; an adapter file missing a tensor or holding another
+    adapter's tensors must not leave identity weights silently: raise, naming every key."""
+    marker = f"{ATTRIBUTE}.{adapter_name}."
+    strip = "base_model.model."
+    expected = {k.removeprefix(strip) for k in model.state_dict() if marker in k and _under_bank(k, marker)}
+    got = {k.removeprefix(strip) for k in loaded if marker in k and _under_bank(k, marker)}
+    if expected != got:
+        raise AdapterLoadError(f"the saved pal adapter does not fit adapter {adapter_name!r} of this model (check "
+                               f"kind, layers and sizes in adapter_config.json): missing {sorted(expected - got)}, "
+                               f"unexpected {sorted(got - expected)}")
 
 
 def _under_bank(key: str, marker: str) -> bool:
