@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from helpers import ARCHS, hidden, randomize_adapters, tiny_batch, tiny_config, tiny_model
 from peft import PeftConfig, PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from transformers import AutoModelForSequenceClassification
@@ -17,8 +18,6 @@ from transformers import AutoModelForSequenceClassification
 import pal_adapters.peft as pal_peft
 from pal_adapters import AdapterConfig, add_pal
 from pal_adapters.peft import PalPeftConfig, PalPeftModel, from_pal_task, to_pal_task
-
-from helpers import ARCHS, hidden, randomize_adapters, tiny_batch, tiny_config, tiny_model
 
 KINDS = {
     "pal": dict(kind="pal", num_heads=2, hidden_size=8, output_activation="gelu"),

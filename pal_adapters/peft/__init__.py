@@ -35,7 +35,8 @@ def register() -> None:
         if "Unknown PEFT type" not in str(err):
             raise
         if PEFT_TYPE in PEFT_TYPE_TO_CONFIG_MAPPING or PREFIX in PEFT_TYPE_TO_PREFIX_MAPPING.values():
-            raise KeyError(f"another PEFT method already uses the type {PEFT_TYPE.value!r} or prefix {PREFIX!r}") from err
+            taken = f"the type {PEFT_TYPE.value!r} or the prefix {PREFIX!r}"
+            raise KeyError(f"another PEFT method already uses {taken}") from err
         PEFT_TYPE_TO_PREFIX_MAPPING[PEFT_TYPE] = PREFIX
         PEFT_TYPE_TO_CONFIG_MAPPING[PEFT_TYPE] = PalPeftConfig
         PEFT_TYPE_TO_TUNER_MAPPING[PEFT_TYPE] = PalPeftModel

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft import PeftConfig
 
@@ -43,9 +42,9 @@ class PalPeftConfig(PeftConfig):
     kind: str = field(default="pal", metadata={"help": "pal, pal_ffn, low_rank or lhuc"})
     lhuc: bool = field(default=False, metadata={"help": "also scale TS(h) by a learnt LHUC vector"})
     placement: str = field(default="parallel", metadata={"help": "parallel or serial"})
-    layers: Union[str, list[int], tuple[int, ...]] = field(
+    layers: str | list[int] | tuple[int, ...] = field(
         default="all", metadata={"help": "'all', 'top_half', 'bottom_half' or layer indices"})
-    hidden_size: Optional[int] = field(default=None, metadata={"help": "d_s; None derives it from d_m"})
+    hidden_size: int | None = field(default=None, metadata={"help": "d_s; None derives it from d_m"})
     num_heads: int = field(default=6, metadata={"help": "heads of the attention in d_s (pal)"})
     activation: str = field(default="gelu", metadata={"help": "g of low_rank, hidden activation of pal_ffn"})
     output_activation: str = field(default="identity", metadata={"help": "applied after V^D"})
@@ -53,7 +52,7 @@ class PalPeftConfig(PeftConfig):
     dropout: float = field(default=0.1, metadata={"help": "attention-probability / pal_ffn dropout"})
     init: str = field(default="identity", metadata={"help": "identity (V^D = 0, theta = 0) or random"})
     init_std: float = field(default=0.02, metadata={"help": "std of the normal init"})
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "modules besides the adapter to train and save, e.g. the classifier"})
 
     def __post_init__(self) -> None:

@@ -23,7 +23,15 @@ from torch import nn
 from ..adapters import TaskAdapter
 from ..config import TaskConfig
 from ..inject import ATTRIBUTE
-from ..io import AdapterLoadError, check_fingerprint, check_state, copy_into, fingerprint, read_tensors, weights_checksum
+from ..io import (
+    AdapterLoadError,
+    check_fingerprint,
+    check_state,
+    copy_into,
+    fingerprint,
+    read_tensors,
+    weights_checksum,
+)
 from ..layouts import resolve_layout
 from ..model import MultiTaskModel
 from ..save_format import TASK_FILE, TASK_TENSORS, read_task
