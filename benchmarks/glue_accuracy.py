@@ -53,13 +53,14 @@ class Profile:
     fixed_steps: int = 0
     evals: int = 4
     max_eval_examples: int = 0
+    max_train_examples: int = 20_000  # caps SST-2 only, unless a profile asks for less
     model: str = "minilm"
 
 
 PROFILES = {
     "smoke": Profile(fixed_steps=2, evals=1, model="tiny"),
-    "quick": Profile(fixed_steps=4, evals=1, max_eval_examples=64),
-    "probe": Profile(fixed_steps=300, evals=3),  # the investigation's short runs (one task at a time)
+    "quick": Profile(fixed_steps=4, evals=1, max_eval_examples=64, max_train_examples=1000),
+    "probe": Profile(fixed_steps=200, evals=2),  # the investigation's short runs (one task at a time)
     "medium": Profile(fraction=1 / 6, evals=2),
     "full": Profile(fraction=1.0, evals=4),
 }
@@ -149,9 +150,10 @@ def parameter_multiple(name: str, result: dict[str, Any], backbone_params: int, 
     return (backbone_params + result["added_params"]) / backbone_params
 
 
-def cache_name(name: str, tasks: list[str], extra: dict[str, dict[str, Any]]) -> str:
+def cache_name(name: str, tasks: list[str], extra: dict[str, dict[str, Any]], steps: int = 0) -> str:
     """``<config>`` plus a readable suffix for every non-default choice (tasks, overrides)."""
     parts = [] if tasks == list(TASKS) else ["tasks=" + "+".join(tasks)]
+    parts += [f"steps={steps}"] if steps else []
     parts += [f"{k}={v}" for group in extra.values() for k, v in sorted(group.items())]
     suffix = re.sub(r"[^A-Za-z0-9_.=+-]", "", "__".join(parts))
     return name + (f"__{suffix}" if suffix else "")
@@ -170,6 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapter-set", action="append", default=[], help="AdapterConfig field=value")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
     p.add_argument("--results-dir", default=str(RESULTS_DIR / "glue_accuracy"))
+    p.add_argument("--steps", type=int, default=0, help="steps per task instead of the profile's")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--force", action="store_true", help="rerun configurations that are cached")
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     profile = PROFILES[args.profile]
+    if args.steps:
+        profile = dataclasses.replace(profile, fixed_steps=args.steps, fraction=0.0)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     extra = {"train": dict(parse_override(x) for x in args.set),
              "task": dict(parse_override(x) for x in args.task_set),
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="glue_accuracy-"))
     defs, factories = None, None
     for name in [] if args.report_only else args.configs:
-        path = out_dir / f"{cache_name(name, tasks, extra)}.json"
+        path = out_dir / f"{cache_name(name, tasks, extra, args.steps)}.json"
         if path.is_file() and not args.force:
             print(f"{name}: cached in {path}")
             continue
@@ -198,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             defs = load_defs(data_dir, tasks, extra["task"])
             factories = build_factories(profile.model, work)
         budget = Budget(steps=steps_per_task(defs, profile.fraction, profile.fixed_steps),
-                        max_eval_examples=profile.max_eval_examples, evals=profile.evals, seed=args.seed)
+                        max_eval_examples=profile.max_eval_examples, max_train_examples=profile.max_train_examples,
+                        evals=profile.evals, seed=args.seed)
         budget = dataclasses.replace(budget, **{k: v for k, v in extra["train"].items()
                                                 if k in ("lr", "adapter_lr")})
         setup = CONFIGS[name]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from pal_adapters.params import is_adapter_parameter
@@ -51,6 +53,7 @@ class Budget:
     max_eval_examples: int = 0  # 0: whole dev sets
     evals: int = 2
     seed: int = 42
+    cache_dir: str = str(Path(tempfile.gettempdir()) / "glue_accuracy_tokens")  # tokenized splits, reused
 
 
 def _train_config(budget: Budget, steps: int, out: Path, overrides: dict[str, Any]) -> TrainConfig:
@@ -76,7 +79,7 @@ def train_with_package(defs: dict[str, TaskDef], steps: int, budget: Budget, bac
     """One ``MultiTaskTrainer`` run over ``defs`` for ``steps`` optimizer steps."""
     net, tokenizer = backbone()
     config = _train_config(budget, steps, out, overrides)
-    trainer = MultiTaskTrainer(config, defs, backbone=net, tokenizer=tokenizer)
+    trainer = MultiTaskTrainer(config, defs, backbone=net, tokenizer=tokenizer, cache_dir=budget.cache_dir)
     if not adapters:
         _drop_adapters(trainer)
     report = trainer.model.parameter_report()
@@ -146,7 +149,7 @@ def train_lora(name: str, definition: TaskDef, steps: int, budget: Budget, rank:
     """PEFT LoRA on one task: AdamW at ``adapter_lr``, 10% warm-up, linear decay, clipping at 1."""
     tokenizer = backbone()[1]
     config = _train_config(budget, steps, Path("unused"), {})
-    data = prepare_data({name: definition}, tokenizer, config)[name]
+    data = prepare_data({name: definition}, tokenizer, config, budget.cache_dir)[name]
     dev = dev_loaders({name: data}, tokenizer, budget.batch_size)[name]
     torch.manual_seed(budget.seed)
     model = _lora_model(seq_cls, definition.task.num_labels, rank)
@@ -156,7 +159,7 @@ def train_lora(name: str, definition: TaskDef, steps: int, budget: Budget, rank:
                             kind=definition.kind)
     batches, evals = _forever(train), []
     start = time.perf_counter()
-    for step in range(1, steps + 1):
+    for step in tqdm(range(1, steps + 1), desc=f"LoRA {name}", dynamic_ncols=True):
         batch = next(batches)
         labels = batch["labels"].float() if definition.task.type == "regression" else batch["labels"]
         model(**_inputs(batch), labels=labels).loss.backward()
