@@ -19,6 +19,9 @@ import pal_adapters.peft as pal_peft
 from pal_adapters import AdapterConfig, add_pal
 from pal_adapters.peft import PalPeftConfig, PalPeftModel, from_pal_task, to_pal_task
 
+# PEFT 0.21 itself reads transformers' deprecated `is_gradient_checkpointing`.
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
 KINDS = {
     "pal": dict(kind="pal", num_heads=2, hidden_size=8, output_activation="gelu"),
     "pal_ffn": dict(kind="pal_ffn", hidden_size=8, ffn_layers=2),
@@ -158,10 +161,30 @@ def test_save_pretrained_round_trip_with_classifier(kind, tmp_path):
     model.save_pretrained(str(tmp_path))  # adapters other than "default" go in a folder each
     loaded = PeftModel.from_pretrained(classifier(), str(tmp_path / "qnli"), adapter_name="qnli")
     loaded.load_adapter(str(tmp_path / "cola"), adapter_name="cola")
+    assert not any(p.requires_grad for p in loaded.parameters())  # loaded for inference by default
     assert (expected["qnli"] - classifier()(**batch).logits).abs().max() > 1e-3
     for name in ("qnli", "cola"):
         loaded.set_adapter(name)
         torch.testing.assert_close(loaded(**batch).logits, expected[name], rtol=0, atol=1e-6)
+    trainable = PeftModel.from_pretrained(classifier(), str(tmp_path / "qnli"), is_trainable=True)
+    assert {n.split(".")[2] for n, p in trainable.named_parameters() if p.requires_grad} == {"classifier",
+                                                                                              "pal_adapters"}
+
+
+def test_gradient_checkpointing_gives_the_same_adapter_gradients():
+    batch = tiny_batch()
+    grads = []
+    for checkpointing in (False, True):
+        model = peft_of("bert", "pal", name="sst2", dropout=0.0)
+        randomize(model, seed=13)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        hidden(model, batch).pow(2).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 8
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
 
 
 def test_loading_a_file_that_does_not_fit_raises(tmp_path):
