@@ -81,7 +81,8 @@ def main() -> None:
         model.set_adapter(name)
         before = accuracy(model, dev_rows)
         train(model, train_rows, a.steps, a.out / name, lr)
-        print(f"{name}: dev accuracy {before:.3f} -> {accuracy(model, dev_rows):.3f} after {a.steps} steps (mechanics, not a score)")
+        after = accuracy(model, dev_rows)
+        print(f"{name}: dev accuracy {before:.3f} -> {after:.3f} after {a.steps} steps (mechanics, not a score)")
 
     # 2. A mixed batch: row i uses adapter_names[i]; each row equals its own adapter's forward.
     batch = {k: torch.stack([r[k] for r in dev_rows[:4]]) for k in ("input_ids", "attention_mask")}
