@@ -22,7 +22,7 @@ from pal_adapters import AdapterConfig, TaskConfig, add_pal
 ADAPTER = AdapterConfig(kind="pal", lhuc=True, output_activation="gelu", hidden_size=8, num_heads=2, dropout=0.0)
 TASKS = ("a", "b", "c", "d")
 THREADS = 4
-ROUNDS = 25
+ROUNDS = 12
 
 
 def build(arch: str = "bert", layers: str = "all", **kw):
