@@ -224,3 +224,24 @@ def test_registering_another_class_under_a_taken_name_is_refused() -> None:
         register_kind(Other)
     with pytest.raises(TypeError, match="not a TaskKind subclass"):
         register_kind(int)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_model_with_every_kind_survives_deepcopy_and_pickle(how: str) -> None:
+    import copy
+    import pickle
+
+    from helpers import randomize_adapters
+
+    tasks = {"cls": 2, "reg": "regression", "qa": "extractive_qa",
+             "ner": {"type": "token_classification", "num_labels": 3, "labels": ["O", "B-X", "I-X"]}}
+    model = add_pal(tiny_model("bert"), tasks).eval()
+    randomize_adapters(model.backbone)
+    twin = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    batch = tiny_batch()
+    for name in tasks:
+        assert twin.heads[name].kind.options == model.heads[name].kind.options
+        assert torch.equal(twin(**batch, task=name).logits, model(**batch, task=name).logits)
+    with torch.no_grad():  # the twin owns its weights: changing them leaves the original alone
+        next(twin.heads["cls"].parameters()).add_(1.0)
+    assert not torch.equal(twin(**batch, task="cls").logits, model(**batch, task="cls").logits)

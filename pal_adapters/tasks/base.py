@@ -115,6 +115,11 @@ class TaskKind:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_labels={self.task.num_labels}, options={dict(self.options)})"
 
+    def __reduce__(self) -> tuple:
+        # A mappingproxy cannot be pickled or deep-copied; a kind is rebuilt from its task and options,
+        # so models holding kinds (heads) survive copy.deepcopy and pickle.
+        return _rebuild_kind, (type(self), self.task, dict(self.options))
+
     # ---- configuration (called from TaskConfig.__post_init__) ----------------------------------
     @classmethod
     def check_config(cls, task: TaskConfig) -> None:
@@ -271,3 +276,7 @@ def distillable_names() -> list[str]:
     from . import TASK_KINDS  # the registry imports this module
 
     return sorted(name for name, cls in TASK_KINDS.items() if cls.distillable)
+
+
+def _rebuild_kind(cls: type[TaskKind], task: TaskConfig, options: dict[str, Any]) -> TaskKind:
+    return cls(task, **options)
