@@ -66,7 +66,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xticks(list(x), [r["name"].replace("__", "\n") for r in results], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("dev score (x100)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: markers go below 0
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
