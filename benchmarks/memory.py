@@ -258,6 +258,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append(format_table(["shape", "one task MB", "full copy MB", "ratio"], rows))
     rows = []
     for name, g in report["growth"].items():
+        if not isinstance(g, dict):
+            continue
         if "trace" in g:
             t = g["trace"]
             mid = t[len(t) // 2][1]
@@ -271,7 +273,7 @@ def render(report: dict[str, Any]) -> str:
 def plot(report: dict[str, Any], name: str) -> None:
     def draw(ax):
         for label, g in report["growth"].items():
-            if "trace" in g:
+            if isinstance(g, dict) and "trace" in g:
                 ax.plot([s for s, _ in g["trace"]], [m for _, m in g["trace"]], label=label)
         ax.set_xlabel("training step")
         ax.set_ylabel("RSS (MB)")
@@ -293,6 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trainer-steps", type=int, default=0,
                    help="also run the real trainer on ../shared/data/glue for this many steps, RSS sampled (0: off)")
     p.add_argument("--only-trainer", action="store_true", help="run only the trainer growth study")
+    p.add_argument("--only-growth", action="store_true", help="run only the RSS growth study")
     p.add_argument("--quick", action="store_true", help="batch 8, 2 steps, 60 growth steps")
     p.add_argument("--output", default=None, help="JSON name under benchmarks/results/")
     add_device_args(p)
@@ -320,6 +323,13 @@ def trainer_growth(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.only_growth:
+        report = {**run_metadata(), "settings": {"batch": args.batch, "growth_steps": args.growth_steps},
+                  "peak": {}, "frozen_over_tuned": {}, "disk": {}, "growth": growth(args)}
+        print(render(report))
+        print(f"wrote {write_json(args.output.replace('.json', '_growth.json'), report)}")
+        plot(report, args.output.replace(".json", "_growth.png"))
+        return report
     if args.only_trainer:
         report = {**run_metadata(), "trainer_growth": trainer_growth(args)}
         print(f"wrote {write_json(args.output.replace('.json', '_trainer.json'), report)}")
@@ -329,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                              "device": args.device, "adapter": "pal (all layers), AdamW",
                                              "growth_steps": args.growth_steps},
               "peak": peak, "frozen_over_tuned": ratios(peak, args.device), "disk": disk(args.shapes),
-              "growth": growth(args) if args.device == "cpu" else {"skipped": "RSS growth is a CPU question"},
+              "growth": growth(args) if args.device == "cpu" and args.growth_steps else {"skipped": "CPU only"},
               "trainer_growth": trainer_growth(args) if args.trainer_steps else {"skipped": "--trainer-steps 0"}}
     print(render(report))
     print(f"wrote {write_json(args.output, report)}")
