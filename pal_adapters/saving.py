@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .adapters import TaskAdapter
+from .adapters.common import fuse_legacy_qkv
 from .config import TaskConfig
 from .heads import TaskHead
 from .io import (
@@ -143,8 +144,13 @@ def _expected_task_state(saved: SavedTask, target: _Target) -> Tensors:
     return {k: v.to(target.dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
+def _task_tensors(saved: SavedTask) -> Tensors:
+    """A task's tensors; PAL attentions saved before Q/K/V were fused get the one ``qkv`` name."""
+    return fuse_legacy_qkv(read_tensors(saved.folder / TASK_TENSORS, saved.tensors_sha256))
+
+
 def _checked_tensors(saved: SavedTask, target: _Target) -> Tensors:
-    tensors = read_tensors(saved.folder / TASK_TENSORS, saved.tensors_sha256)
+    tensors = _task_tensors(saved)
     check_state(saved.folder / TASK_TENSORS, _expected_task_state(saved, target), tensors)
     return tensors
 
@@ -248,7 +254,7 @@ def load_weights(model: MultiTaskModel, directory: str | Path) -> None:
     if list(tasks) != model.task_names:
         raise AdapterLoadError(f"{directory / CONFIG_FILE} holds tasks {list(tasks)}, this model {model.task_names}")
     check_fingerprint(saved.base, model.base_fingerprint, directory / CONFIG_FILE, check_weights=True)
-    task_tensors = {n: read_tensors(t.folder / TASK_TENSORS, t.tensors_sha256) for n, t in tasks.items()}
+    task_tensors = {n: _task_tensors(t) for n, t in tasks.items()}
     for name, tensors in task_tensors.items():
         check_state(tasks[name].folder / TASK_TENSORS, task_state(model, name), tensors)
     if backbone_tensors is not None:

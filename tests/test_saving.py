@@ -176,3 +176,30 @@ def test_merge_refuses_what_cannot_be_merged():
     pre_ln = add_pal(tiny_model("modernbert"), {"a": 2}, adapter="lhuc")
     with pytest.raises(ValueError, match=r"cannot merge LHUC into 'modernbert': its layers are pre-LN"):
         pre_ln.merge_lhuc("a")
+
+
+def _split_qkv(tensors: dict) -> None:
+    """The layout saved before Q/K/V were fused: ``...query|key|value.weight|bias``."""
+    for name in [n for n in tensors if ".qkv." in n]:
+        stem, _, leaf = name.partition(".qkv.")
+        for part, chunk in zip(("query", "key", "value"), tensors.pop(name).chunk(3), strict=True):
+            tensors[f"{stem}.{part}.{leaf}"] = chunk.contiguous()
+
+
+def test_saves_with_separate_query_key_value_load_into_the_fused_attention(tmp_path):
+    model = trained()
+    model.save_pretrained(tmp_path / "m")
+    split = 0
+    for folder in (tmp_path / "m" / "tasks").iterdir():
+        tensors = load_file(str(folder / "adapter.safetensors"))
+        _split_qkv(tensors)
+        split += sum(".query." in n for n in tensors)
+        save_file(tensors, str(folder / "adapter.safetensors"))
+    rehash(tmp_path / "m")
+    assert split > 0  # the edit really produced the old names
+    loaded = MultiTaskModel.from_pretrained(tmp_path / "m", backbone=tiny_model("bert")).eval()
+    want, got = logits(model), logits(loaded)
+    assert all(torch.equal(want[t], got[t]) for t in want)
+    other = add_pal(tiny_model("bert"), {}, adapter=ADAPTER)
+    other.load_task(tmp_path / "m" / "tasks" / "a")
+    assert torch.equal(other.eval()(**tiny_batch(), task="a").logits, want["a"])
