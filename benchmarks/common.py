@@ -321,8 +321,10 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A plain left/right-aligned text table (first column left, the others right)."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    """A plain left/right-aligned text table (first column left, the others right); short rows
+    (a note in place of figures) are padded with empty cells."""
+    rows = [[*r, *[""] * (len(header) - len(r))] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))

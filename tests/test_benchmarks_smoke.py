@@ -60,7 +60,8 @@ def check_mixed_batch(results: Path) -> None:
 def check_multitask_inference(results: Path) -> None:
     report = json.loads((results / "multitask_inference_smoke.json").read_text())
     assert report["results"]["ours"]["top_half"]["T=2"]["speedup"]["median"] > 0
-    assert "T=2" in report["results"]["adapterhub"]["all"] or set(report["results"]["adapterhub"]) == {"skipped"}
+    hub = report["results"]["adapterhub"]  # measured where its venv exists, else skipped with the reason
+    assert set(hub) == {"skipped"} or "T=2" in hub["all"]
 
 
 def check_memory(results: Path) -> None:
