@@ -98,6 +98,31 @@ def add_device_args(parser: Any, threads: bool = True) -> None:
                         help="CPU timings: wall time, or this process's CPU time (robust on a busy shared machine)")
 
 
+def add_speed_args(parser: Any, rounds: int) -> None:
+    """``--rounds``, ``--quick``, ``--system-malloc``, ``--output`` and the device options of a speed script."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--quick", action="store_true", help="length 64, 3 rounds")
+    parser.add_argument("--system-malloc", action="store_true", help="do not re-run under STEADY_MALLOC")
+    parser.add_argument("--output", default=None, help="JSON name under benchmarks/results/")
+    add_device_args(parser)
+
+
+def resolve_speed_args(args: Any, stem: str, smoke: dict[str, Any]) -> Any:
+    """Apply ``--quick`` / ``--smoke`` (the ``smoke`` settings) and name the output after the profile and
+    device, e.g. ``mixed_batch_quick.json`` or ``mixed_batch_cuda_bf16_compile.json``."""
+    set_results_dir(args.results_dir)
+    if args.quick:
+        args.length, args.rounds = 64, 3
+    if args.smoke:
+        for name, value in smoke.items():
+            setattr(args, name, value)
+    if args.output is None:
+        tag = "" if (args.device, args.dtype, args.compile) == ("cpu", "fp32", False) else \
+            f"_{args.device}_{args.dtype}" + ("_compile" if args.compile else "")
+        args.output = f"{stem}{'_smoke' if args.smoke else '_quick' if args.quick else ''}{tag}.json"
+    return args
+
+
 def set_results_dir(path: str | Path | None) -> None:
     """Send this run's JSON and PNG files to ``path`` (None: keep the default)."""
     global RESULTS_DIR

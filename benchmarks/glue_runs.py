@@ -28,10 +28,10 @@ from transformers import get_linear_schedule_with_warmup
 
 from pal_adapters.params import is_adapter_parameter
 from pal_adapters.training.config import TrainConfig
+from pal_adapters.training.data import make_dataloader
 from pal_adapters.training.evaluate import combined_score
 from pal_adapters.training.loop import MultiTaskTrainer
 from pal_adapters.training.report import read_jsonl
-from pal_adapters.training.data import make_dataloader
 from pal_adapters.training.setup import TaskData, dev_loaders, prepare_data
 from pal_adapters.training.taskdefs import TaskDef
 

@@ -40,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from common import (  # noqa: E402
     MINILM_SHAPE,
     TINY_SHAPE,
-    add_device_args,
+    add_speed_args,
     configure_device,
     format_table,
     minilm_backbone,
@@ -48,9 +48,9 @@ from common import (  # noqa: E402
     pair_ratios,
     paired_timings,
     randomize_,
+    resolve_speed_args,
     run_metadata,
     save_plot,
-    set_results_dir,
     steady_malloc_reexec,
     summary,
     torch_dtype,
@@ -112,23 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    p.add_argument("--rounds", type=int, default=5)
+    add_speed_args(p, rounds=5)
     p.add_argument("--no-adapterhub", action="store_true", help="ours only")
-    p.add_argument("--quick", action="store_true", help="length 64, 3 rounds")
-    p.add_argument("--system-malloc", action="store_true", help="do not re-run under STEADY_MALLOC (common.py)")
-    p.add_argument("--output", default=None, help="JSON name under benchmarks/results/")
-    add_device_args(p)
-    args = p.parse_args(argv)
-    set_results_dir(args.results_dir)
-    if args.quick:
-        args.length, args.rounds = 64, 3
-    if args.smoke:
-        args.batch, args.length, args.rounds, args.tasks = 2, 16, 1, [1, 2]
-    if args.output is None:
-        tag = "" if (args.device, args.dtype, args.compile) == ("cpu", "fp32", False) else \
-            f"_{args.device}_{args.dtype}" + ("_compile" if args.compile else "")
-        args.output = f"multitask_inference{'_smoke' if args.smoke else '_quick' if args.quick else ''}{tag}.json"
-    return args
+    smoke = dict(batch=2, length=16, rounds=1, tasks=[1, 2])
+    return resolve_speed_args(p.parse_args(argv), "multitask_inference", smoke)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -4,7 +4,8 @@ in both, and the bf16 loss curve must follow the fp32 one.
 MiniLM shape (random weights unless the packaged MiniLM is installed), PALs in all layers, 4
 tasks whose labels are simple functions of the tokens (learnable in a few dozen steps), batches
 of 32 x 64 with rows of all 4 tasks mixed (``task_ids=``), AdamW lr 1e-4 on everything
-(backbone tuned, the paper's recipe; ``--freeze-backbone`` trains PALs and heads only). bf16 runs under ``torch.autocast`` (weights and optimiser stay fp32).
+(backbone tuned, the paper's recipe; ``--freeze-backbone`` trains PALs and heads only). bf16 runs
+under ``torch.autocast`` (weights and optimiser stay fp32).
 Checks: last-10-step mean loss < 0.8 x first-10-step mean, in both; mean |bf16 - fp32| over the
 smoothed curves <= ``--tolerance`` (default 0.05).
 

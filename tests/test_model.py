@@ -186,5 +186,6 @@ def test_parameter_report_counts_heads_and_adapters_per_task():
 def test_ranking_labels_without_one_positive_per_group_name_the_groups():
     model = build(tasks={"rank": TASKS["rank"]})
     batch = tiny_batch(batch=4)
-    with pytest.raises(ValueError, match=r"one positive \(1, the rest 0\) per group of 2 rows; groups \[1\] have \[2\]"):
+    message = r"one positive \(1, the rest 0\) per group of 2 rows; groups \[1\] have \[2\]"
+    with pytest.raises(ValueError, match=message):
         model(**batch, task="rank", labels=torch.tensor([1.0, 0.0, 1.0, 1.0]))
