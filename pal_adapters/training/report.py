@@ -161,8 +161,15 @@ def _plot_train(ax: Any, records: Sequence[Mapping[str, Any]], window: int | Non
 def _plot_eval(ax: Any, records: Sequence[Mapping[str, Any]]) -> None:
     series = _eval_series(records)
     score = series.pop("score", None)
+    # One colour per task, the same as its loss curve (tasks in sorted order); its metrics differ by style.
+    tasks = sorted({name.split(".")[0] for name in series})
+    seen: dict[str, int] = {}
     for name, (steps, values) in sorted(series.items()):
-        ax.plot(steps, values, marker="o", markersize=3, label=name)
+        task = name.split(".")[0]
+        style = ("-", "--", ":", "-.")[seen.setdefault(task, 0) % 4]
+        seen[task] += 1
+        ax.plot(steps, values, color=f"C{tasks.index(task) % 10}", linestyle=style, marker="o", markersize=3,
+                label=name)
     if score is not None:  # the sum over tasks exceeds the metrics' range: own axis
         twin = ax.twinx()
         twin.plot(*score, color="black", linestyle="--", marker="s", markersize=3, label="score")
