@@ -65,8 +65,8 @@ def _train_config(budget: Budget, steps: int, out: Path, overrides: dict[str, An
     return TrainConfig(**fields)
 
 
-def _drop_adapters(trainer: MultiTaskTrainer) -> None:
-    """Heads only: the adapters leave the forward (hooks detached) and never train."""
+def drop_adapters(trainer: MultiTaskTrainer) -> None:
+    """Heads only / a plain fine-tune: the adapters leave the forward (hooks detached) and never train."""
     trainer.model.bank.detach()
     for name, p in trainer.model.named_parameters():
         if is_adapter_parameter(name):
@@ -81,7 +81,7 @@ def train_with_package(defs: dict[str, TaskDef], steps: int, budget: Budget, bac
     config = _train_config(budget, steps, out, overrides)
     trainer = MultiTaskTrainer(config, defs, backbone=net, tokenizer=tokenizer, cache_dir=budget.cache_dir)
     if not adapters:
-        _drop_adapters(trainer)
+        drop_adapters(trainer)
     report = trainer.model.parameter_report()
     start = time.perf_counter()
     trainer.fit()

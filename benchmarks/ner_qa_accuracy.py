@@ -41,9 +41,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from glue_runs import drop_adapters  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
-from pal_adapters.params import is_adapter_parameter  # noqa: E402
 from pal_adapters.training.config import TrainConfig  # noqa: E402
 from pal_adapters.training.loop import MultiTaskTrainer  # noqa: E402
 from pal_adapters.training.report import read_jsonl  # noqa: E402
@@ -179,7 +179,7 @@ def train(defs: dict[str, dict[str, Any]], profile: Profile, out: Path, adapters
     backbone, tokenizer = _backbone(profile)
     trainer = MultiTaskTrainer(config, tasks, backbone=backbone, tokenizer=tokenizer)
     if not adapters:
-        _drop_adapters(trainer)
+        drop_adapters(trainer)
     start = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - start
@@ -199,15 +199,6 @@ def _backbone(profile: Profile) -> tuple[Any, Any]:
                             intermediate_size=37)
         backbone = BertModel(config)
     return backbone, tokenizer
-
-
-def _drop_adapters(trainer: MultiTaskTrainer) -> None:
-    """A plain fine-tune: the adapter hooks leave the forward and adapter weights never train."""
-    trainer.model.bank.detach()
-    for name, p in trainer.model.named_parameters():
-        if is_adapter_parameter(name):
-            p.requires_grad_(False)
-    trainer.trainable = [p for p in trainer.trainable if p.requires_grad]
 
 
 _SINGLE_PART = {"conll": "ner_single", "squad": "qa_single"}  # task -> the part that trains it alone
