@@ -115,3 +115,19 @@ def write_toy_tasks(folder: Path, n: int = 96, seed: int = 0) -> dict:
 
 def toy_backbone(seed: int = 0):
     return tiny_model("bert", seed=seed, vocab_size=len(WORDS) + 5)
+
+
+def train_tiny_run(root: Path, tokenizer, tasks: dict, batch_size: int) -> Path:
+    """Save a tiny BERT (sized to ``tokenizer``) and ``tokenizer`` under ``root/base``, write a run file
+    for ``tasks`` and train it 2 steps through ``pal-adapters train`` into ``root/out``."""
+    import yaml
+
+    from pal_adapters.cli import main
+
+    tiny_model("bert", vocab_size=len(tokenizer)).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    run_file = root / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"model": str(root / "base"), "adapter": "pal", "tasks": tasks,
+                                        "training": {"batch_size": batch_size, "lr": 1e-3, "eval_every": 2}}))
+    assert main(["train", str(run_file), "--output-dir", str(root / "out"), "--max-steps", "2"]) == 0
+    return root

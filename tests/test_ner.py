@@ -9,7 +9,7 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import randomize_adapters, tiny_model
+from helpers import randomize_adapters, tiny_model, train_tiny_run
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 from transformers import BertTokenizer
@@ -289,21 +289,11 @@ def conll_task(root: Path, **data) -> dict:
 
 @pytest.fixture(scope="module")
 def ner_run(tmp_path_factory, tokenizer):
-    import yaml
-
-    from pal_adapters.cli import main
-
     root = tmp_path_factory.mktemp("ner_run")
-    tiny_model("bert", vocab_size=len(VOCAB)).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
     write_conll(root / "train.txt")
     write_conll(root / "dev.txt", repeat=1)
     task = conll_task(root) | {"options": {"label_all_subtokens": True}}
-    run_file = root / "run.yaml"
-    run_file.write_text(yaml.safe_dump({"model": str(root / "base"), "adapter": "pal", "tasks": {"ner": task},
-                                        "training": {"batch_size": 4, "lr": 1e-3, "eval_every": 2}}))
-    assert main(["train", str(run_file), "--output-dir", str(root / "out"), "--max-steps", "2"]) == 0
-    return root
+    return train_tiny_run(root, tokenizer, {"ner": task}, batch_size=4)
 
 
 def test_conll_and_jsonl_sources_read_the_same_rows(ner_run):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_adapters, tiny_model
+from helpers import randomize_adapters, tiny_model, train_tiny_run
 from transformers import BertTokenizerFast
 
 from pal_adapters import TaskConfig, add_pal
@@ -320,21 +320,11 @@ def write_word_squad(path: Path, articles: int = 4, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory, tokenizer):
-    import yaml
-
-    from pal_adapters.cli import main
-
     root = tmp_path_factory.mktemp("qa_run")
-    tiny_model("bert", vocab_size=len(tokenizer)).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
     write_word_squad(root / "squad.json")
     task = {"type": "extractive_qa", "max_length": 16, "options": {"doc_stride": 4},
             "data": {"kind": "squad_json", "path": str(root), "train": "squad.json[0:3]", "dev": "squad.json[3:]"}}
-    run_file = root / "run.yaml"
-    run_file.write_text(yaml.safe_dump({"model": str(root / "base"), "adapter": "pal", "tasks": {"qa": task},
-                                        "training": {"batch_size": 8, "lr": 1e-3, "eval_every": 2}}))
-    assert main(["train", str(run_file), "--output-dir", str(root / "out"), "--max-steps", "2"]) == 0
-    return root
+    return train_tiny_run(root, tokenizer, {"qa": task}, batch_size=8)
 
 
 def test_squad_json_and_jsonl_sources_read_the_same_rows(qa_run):
