@@ -182,18 +182,8 @@ class Router:
     @contextmanager
     def routed(self, routing: Routing) -> Iterator[None]:
         """Use ``routing`` for calls from this context inside the block only."""
-        if is_dynamo_compiling():
-            previous, self._traced_routing = self._traced_routing, routing
-            try:
-                yield
-            finally:
-                self._traced_routing = previous
-            return
-        token = self._context.set(routing)
-        try:
+        with self._swapped("_traced_routing", self._context, routing):
             yield
-        finally:
-            self._context.reset(token)
 
     # ---- per-forward state ----------------------------------------------------------------
     def forward_state(self) -> ForwardState | None:
@@ -220,15 +210,23 @@ class Router:
     @contextmanager
     def replaying(self, state: ForwardState) -> Iterator[None]:
         """Make ``state`` this context's forward inside the block (a checkpointed layer's recompute)."""
+        with self._swapped("_traced_state", self._forward, state):
+            yield
+
+    @contextmanager
+    def _swapped(self, traced: str, var: ContextVar, value) -> Iterator[None]:
+        """Set ``var`` to ``value`` inside the block; while Dynamo traces, the attribute ``traced``
+        instead (see the module docstring: a ContextVar would break the graph)."""
         if is_dynamo_compiling():
-            previous, self._traced_state = self._traced_state, state
+            previous = getattr(self, traced)
+            setattr(self, traced, value)
             try:
                 yield
             finally:
-                self._traced_state = previous
+                setattr(self, traced, previous)
             return
-        token = self._forward.set(state)
+        token = var.set(value)
         try:
             yield
         finally:
-            self._forward.reset(token)
+            var.reset(token)
