@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,15 @@ def test_distillation_from_one_hot_teacher_probabilities_equals_gold_training(ta
     trainer(task_defs, tmp_path / "uniform", distill={"probabilities": files, "alpha": 1.0}, **kw).fit()
     c = final_weights(tmp_path / "uniform" / "run")
     assert not torch.equal(c["sentiment/head.out.weight"], a["sentiment/head.out.weight"])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_regression_head_starts_at_the_mean_training_label(task_defs, tmp_path, enabled):
+    t = trainer(task_defs, tmp_path, init_heads_from_labels=enabled)
+    train_file = Path(task_defs["length"].data.path) / "train.jsonl"  # read apart from the package's readers
+    labels = [json.loads(line)["label"] for line in train_file.read_text().splitlines()]
+    expected = sum(labels) / len(labels) if enabled else 0.0
+    assert expected != 0.0 or not enabled
+    assert t.model.heads["length"].out.bias.item() == pytest.approx(expected, rel=1e-6)
+    for name in ("sentiment", "animal"):  # classification heads keep their zero bias
+        assert torch.count_nonzero(t.model.heads[name].out.bias) == 0

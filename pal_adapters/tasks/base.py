@@ -149,6 +149,10 @@ class TaskKind:
         raise NotImplementedError(f"task type {self.name!r} defines no loss")
 
     # ---- data ----------------------------------------------------------------------------------
+    def init_head(self, out: torch.nn.Linear, labels: Sequence[Any]) -> None:
+        """Data-dependent initialisation of the head's output layer from the training labels,
+        once, before step 0 (``TrainConfig.init_heads_from_labels``). Default: nothing."""
+
     def label_converter(self, label_map: Mapping[str, int]) -> Callable[[Any], Any]:
         """A function raw label (from a file or the hub) -> the ``label`` column's value.
         Raises ``ValueError`` naming the raw label and what was expected."""

@@ -53,6 +53,8 @@ class TrainConfig:
             the launcher's choice (``accelerate launch --mixed_precision``, ``accelerate config``).
         distill: per-task teachers, see ``distill.DistillConfig`` (``teachers``, ``probabilities``,
             ``alpha``).
+        init_heads_from_labels: before step 0, let each task's kind initialise its new head from
+            the training labels (regression: bias = mean label; ``TaskKind.init_head``).
     """
 
     model: str = "minilm"
@@ -83,6 +85,7 @@ class TrainConfig:
     mixed_precision: Precision | None = None
     seed: int = 42
     distill: dict[str, Any] = field(default_factory=dict)
+    init_heads_from_labels: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, "training")  # types (and Literal choices) first: the range checks compare numbers

@@ -25,6 +25,7 @@ from ..atomic import recover_directory, remove_stale_files
 from ..config import from_fields
 from ..model import MultiTaskModel, add_pal
 from ..saving import save_pretrained
+from ..tasks.base import TaskKind
 from .checkpoint import CheckpointError, load_checkpoint, recover_checkpoint, rng_state, save_checkpoint
 from .config import TrainConfig
 from .data import DynamicPaddingCollator
@@ -75,6 +76,11 @@ class MultiTaskTrainer:
         tasks = {n: d.definition.task for n, d in self.data.items()}
         self.model: MultiTaskModel = add_pal(backbone, tasks, adapter=config.adapter,
                                              freeze_backbone=config.freeze_backbone)
+        if config.init_heads_from_labels:
+            for n in self.train_tasks:  # a resumed run loads its heads from the checkpoint afterwards
+                kind = self.model.heads[n].kind
+                if type(kind).init_head is not TaskKind.init_head:  # only read the labels when used
+                    kind.init_head(self.model.heads[n].out, self.data[n].train["labels"])
         self.model.to(self.accelerator.device)
         self.weighting = LossWeighting(self.train_tasks, config.loss_weighting, config.task_weights or None)
         self.weighting.to(self.accelerator.device)
