@@ -131,7 +131,8 @@ def padding_keep(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
             f"pal_adapters needs the 2D padding mask (batch, seq_len); got attention_mask of shape "
             f"{tuple(attention_mask.shape)}"
         )
-    return attention_mask.bool()[:, None, None, :]
+    b, t = attention_mask.shape
+    return attention_mask.bool().reshape(b, 1, 1, t)  # two aten ops per forward (indexing with None: three)
 
 
 class Router:
