@@ -71,6 +71,30 @@ def check_memory(results: Path) -> None:
     assert 0 < report["disk"]["tiny"]["task_over_full"] < 1
 
 
+def check_memory_breakdown(results: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from pal_adapters import add_pal
+
+    report = json.loads((results / "memory_breakdown_smoke.json").read_text())
+    rows = report["rows"]
+    backbone = AutoModel.from_config(AutoConfig.for_model("bert", **report["shapes"]["tiny"]))
+    model = add_pal(backbone, {"task": 2}, adapter="pal", freeze_backbone=True)
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)  # adapter + head
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    for name in ("tiny frozen", "tiny frozen +ckpt", "tiny frozen drop0", "tiny frozen +ckpt drop0"):
+        assert rows[name]["grads"] == trainable and rows[name]["adamw"] == 2 * trainable, name
+    for suffix in ("", " +ckpt", " drop0", " +ckpt drop0"):
+        assert rows[f"tiny tuned{suffix}"]["total"] > rows[f"tiny frozen{suffix}"]["total"], suffix
+        assert rows[f"tiny frozen{suffix}"]["params"] == rows[f"tiny tuned{suffix}"]["params"], suffix
+    attention = {name: r["saved"]["attention TxT"] for name, r in rows.items()}
+    assert 0 <= attention["tiny tuned drop0"] < attention["tiny tuned"]
+    assert attention["tiny frozen drop0"] < attention["tiny frozen"]
+    assert rows["tiny tuned +ckpt"]["recompute_peak"] > 0 == rows["tiny tuned"]["recompute_peak"]
+    assert (results / "memory_breakdown_smoke.png").stat().st_size > 0
+
+
 def check_train_check(results: Path) -> None:
     report = json.loads((results / "train_check_smoke_cpu.json").read_text())
     assert report["fp32"]["went_down"] and report["bf16"]["went_down"] and report["matches"]
@@ -84,6 +108,7 @@ SCRIPTS = [
     ("mixed_batch.py", ["--smoke"], check_mixed_batch),
     ("multitask_inference.py", ["--smoke"], check_multitask_inference),
     ("memory.py", ["--smoke"], check_memory),
+    ("memory_breakdown.py", ["--smoke"], check_memory_breakdown),
     ("train_check.py", ["--smoke"], check_train_check),
 ]
 
