@@ -201,6 +201,7 @@ def plot(rows: dict[str, dict[str, Any]], path: str) -> None:
             values = [get(rows[n]) / MB for n in names]
             ax.bar(range(len(names)), values, bottom=bottom, label=label)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.set_ylim(0, max(bottom) * 1.05)  # the tallest stack whole, not clipped at its top
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
         ax.set_ylabel("MB (one forward+loss, exact bytes)")
         ax.set_title("Training memory by part: tuned vs frozen backbone", fontsize=9)
