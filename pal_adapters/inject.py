@@ -141,7 +141,7 @@ class AdapterBank(nn.ModuleDict):
             return x
         if len(segments) == 1 and segments[0].stop == ALL_ROWS:
             return self._apply_task(segments[0].task, stage, x, h_in, depth, keep)
-        if not any(depth in self[seg.task].depths for seg in segments):
+        if not any(seg.task is not None and depth in self[seg.task].depths for seg in segments):
             return x  # e.g. below the replication point of predict_all
         routing.check_batch(x.shape[0])
         parts = []
@@ -152,8 +152,10 @@ class AdapterBank(nn.ModuleDict):
             parts.append(self._apply_task(seg.task, stage, x[rows], seg_in, depth, seg_keep))
         return torch.cat(parts)
 
-    def _apply_task(self, task: str, stage: str, x: torch.Tensor, h_in: torch.Tensor | None, depth: int,
+    def _apply_task(self, task: str | None, stage: str, x: torch.Tensor, h_in: torch.Tensor | None, depth: int,
                     keep: torch.Tensor | None) -> torch.Tensor:
+        if task is None:  # rows that run the bare backbone
+            return x
         adapter: TaskAdapter = self[task]
         if depth not in adapter.depths:
             return x

@@ -43,7 +43,10 @@ ALL_ROWS = -1  # a segment stop meaning "to the end of the batch"
 
 @dataclass(frozen=True)
 class Segment:
-    task: str
+    """Rows ``[start, stop)`` run ``task``'s adapters; ``task=None``: no adapter acts on them (PEFT's
+    ``adapter_names`` entry ``"__base__"``)."""
+
+    task: str | None
     start: int
     stop: int  # ALL_ROWS: through the last row
 

@@ -134,8 +134,24 @@ def test_mixed_batch_adapter_names_equal_per_task_forwards():
         torch.testing.assert_close(mixed[i:i + 1], hidden(model, row), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="non-existing adapter.*zzz"):
         model(**batch, adapter_names=["sst2", "sst2", "sst2", "zzz"])
-    with pytest.raises(ValueError, match="__base__"):
-        model(**batch, adapter_names=["sst2", "sst2", "sst2", "__base__"])
+
+
+def test_base_rows_in_adapter_names_run_the_bare_backbone():
+    batch = tiny_batch(batch=4, pad_rows=(1, 2))
+    model = two_task_model()
+    names = ["__base__", "sst2", "__base__", "mnli"]
+    mixed = hidden(model, {**batch, "adapter_names": names})
+    bare = hidden(tiny_model("bert"), batch)  # an independent model without adapters
+    for i, name in enumerate(names):
+        if name == "__base__":
+            torch.testing.assert_close(mixed[i:i + 1], bare[i:i + 1], rtol=0, atol=1e-5)
+        else:
+            model.set_adapter(name)
+            row = {k: v[i:i + 1] for k, v in batch.items()}
+            torch.testing.assert_close(mixed[i:i + 1], hidden(model, row), rtol=0, atol=1e-5)
+            assert (mixed[i] - bare[i]).abs().max() > 1e-3  # the adapter did act on its rows
+    all_base = hidden(model, {**batch, "adapter_names": ["__base__"] * 4})
+    torch.testing.assert_close(all_base, bare, rtol=0, atol=1e-5)
 
 
 # ---- save / load -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ..merge import check_mergeable, fold_lhuc
 from ..routing import Routing, Segment
 from .layer import PeftAdapterBank, attach_bank
 
+BASE = "__base__"  # an ``adapter_names`` entry: that row runs without adapters (PEFT's convention)
 PREFIX = "pal_peft_"  # PEFT's per-method prefix; deliberately not a substring of "pal_adapters" (see README)
 
 
@@ -96,20 +97,19 @@ class PalPeftModel(BaseTuner):
                 handle.remove()
 
     def _mixed_routing(self, adapter_names: list[str]) -> Routing:
-        """One segment per run of equal names (the core runs each adapter on its rows' slice)."""
+        """One segment per run of equal names (the core runs each adapter on its rows' slice); rows
+        named ``"__base__"`` run the bare backbone, as in PEFT."""
         if self.model.training:
             raise ValueError("Cannot pass `adapter_names` when the model is in training mode; call model.eval() first")
-        unknown = sorted(set(adapter_names) - set(self.bank.keys()))
-        if "__base__" in unknown:
-            raise ValueError("adapter_names: '__base__' (no adapter for a row) is not supported by pal adapters; "
-                             "run those rows under model.disable_adapter()")
+        unknown = sorted(set(adapter_names) - set(self.bank.keys()) - {BASE})
         if unknown:
             raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}; "
                              f"adapters: {sorted(self.bank.keys())}")
         segments, start = [], 0
         for i in range(1, len(adapter_names) + 1):
             if i == len(adapter_names) or adapter_names[i] != adapter_names[start]:
-                segments.append(Segment(adapter_names[start], start, i))
+                name = adapter_names[start]
+                segments.append(Segment(None if name == BASE else name, start, i))
                 start = i
         return Routing(tuple(segments))
 
