@@ -25,8 +25,9 @@ from ..tasks import kind_of
 from ..tasks.classification import class_id_converter
 from ..tasks.regression import to_float
 from .conll import convert_tags, map_token_columns, read_conll_dataset
+from .sources import GLUE_LAYOUTS
 from .squad import QA_COLUMNS, qa_columns, read_squad_split
-from .taskdefs import GLUE_LAYOUTS, TaskDef
+from .taskdefs import TaskDef
 
 Columns = dict[str, list[Any]]
 LabelConverter = Callable[[Any], Any]
