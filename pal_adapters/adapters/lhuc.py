@@ -18,7 +18,7 @@ class LHUC(nn.Module):
     def __init__(self, d_model: int, depths: tuple[int, ...]):
         super().__init__()
         self.theta = nn.ParameterDict({str(d): nn.Parameter(torch.zeros(d_model)) for d in depths})
-        self._cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+        self._cache: dict[tuple[str, torch.device], tuple[tuple, torch.Tensor]] = {}
 
     def train(self, mode: bool = True) -> LHUC:
         self._cache.clear()
@@ -30,11 +30,14 @@ class LHUC(nn.Module):
         if self.training or torch.is_grad_enabled() or theta.is_inference():  # inference tensors have no version
             return 2.0 * torch.sigmoid(theta)
         key = (id(theta), theta._version, theta.data_ptr(), theta.dtype, theta.device)
-        hit = self._cache.get(str(depth))
+        # One slot per depth and device: DataParallel replicas share this dict (a replica copies
+        # the module's __dict__), and each device keeps its own entry instead of evicting the others'.
+        slot = (str(depth), theta.device)
+        hit = self._cache.get(slot)
         if hit is not None and hit[0] == key:
             return hit[1]
         # A plain tensor even under inference_mode, so it stays usable outside that mode too.
         with torch.inference_mode(False), torch.no_grad():
             value = 2.0 * torch.sigmoid(theta)
-        self._cache[str(depth)] = (key, value)
+        self._cache[slot] = (key, value)
         return value
