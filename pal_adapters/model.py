@@ -60,7 +60,8 @@ class MultiTaskModel(nn.Module):
     """One encoder, per-task adapters (``backbone.pal_adapters.<task>``) and heads (``heads.<task>``)."""
 
     def __init__(self, backbone: nn.Module, tasks: Mapping[str, Any], adapter: AdapterConfig | str | None = None,
-                 freeze_backbone: bool = True, layout: Layout | None = None):
+                 freeze_backbone: bool = True, layout: Layout | None = None, *,
+                 base_fingerprint: dict[str, Any] | None = None):
         super().__init__()
         self.backbone = getattr(backbone, "base_model", backbone)  # a *For... model gives up its head
         self.adapter_config = resolve_adapter_config(adapter)
@@ -70,7 +71,8 @@ class MultiTaskModel(nn.Module):
         self.backbone_frozen = freeze_backbone
         self.input_limits = InputLimits.of(self.backbone)  # what forward accepts (inputs.py)
         # Computed now, before any tuning: saved adapters are checked against the base they came from.
-        self.base_fingerprint = fingerprint(self.backbone, self.bank.num_depths)
+        # Loading passes the saved one (already checked against this backbone): no second hash.
+        self.base_fingerprint = base_fingerprint or fingerprint(self.backbone, self.bank.num_depths)
         for name, spec in tasks.items():
             self.add_task(name, spec)
         self.freeze_backbone(freeze_backbone)

@@ -237,13 +237,13 @@ def _build(saved: SavedModel, tasks: dict[str, SavedTask], task_tensors: dict[st
            backbone_tensors: Tensors | None) -> MultiTaskModel:
     from .model import MultiTaskModel
 
-    model = MultiTaskModel(backbone, {}, adapter=saved.adapter, freeze_backbone=saved.backbone_frozen)
+    model = MultiTaskModel(backbone, {}, adapter=saved.adapter, freeze_backbone=saved.backbone_frozen,
+                           base_fingerprint=saved.base)
     for name, t in tasks.items():
         _add_task(model, name, t.task, t.folder / TASK_FILE)  # as defined: adapter None = the model's
         _copy_task(model, name, task_tensors[name])
     if backbone_tensors is not None:
         copy_into(model.backbone, backbone_tensors)
-    model.base_fingerprint = saved.base
     return model
 
 
