@@ -177,7 +177,7 @@ def qa_inputs(args: argparse.Namespace) -> list[dict[str, str]]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     info = inspect_path(args.path)
     print(json.dumps(info, indent=2) if args.json else render_inspection(info))
-    return 0
+    return 0 if info["integrity"] == "ok" else 1  # a damaged save is described, and its status says so
 
 
 # ---- the parser --------------------------------------------------------------------------------

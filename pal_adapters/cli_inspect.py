@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 
 from .config import AdapterConfig
 from .io import AdapterLoadError, file_sha256, read_json
-from .saving import BACKBONE_FILE, CONFIG_FILE, TASK_FILE, TASK_TENSORS
+from .saving import BACKBONE_FILE, CONFIG_FILE, TASK_FILE, TASK_TENSORS, verify_saved
 from .tasks import TASK_KINDS
 
 
@@ -87,13 +87,22 @@ def _totals(tasks: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
-    """The description of a saved model folder (``pal_config.json``) or task folder (``task.json``)."""
+    """The description of a saved model folder (``pal_config.json``) or task folder (``task.json``),
+    with ``integrity``: "ok" when every check of a load that needs no backbone passes (``verify_saved``),
+    else the first failure."""
     folder = Path(path)
     if (folder / CONFIG_FILE).is_file():
-        return describe_model(folder)
-    if (folder / TASK_FILE).is_file():
-        return describe_task_folder(folder)
-    raise FileNotFoundError(f"{path} holds neither {CONFIG_FILE} (a saved model) nor {TASK_FILE} (a saved task)")
+        info = describe_model(folder)
+    elif (folder / TASK_FILE).is_file():
+        info = describe_task_folder(folder)
+    else:
+        raise FileNotFoundError(f"{path} holds neither {CONFIG_FILE} (a saved model) nor {TASK_FILE} (a saved task)")
+    try:
+        verify_saved(folder)
+        info["integrity"] = "ok"
+    except AdapterLoadError as err:
+        info["integrity"] = str(err)
+    return info
 
 
 def _layers(layers: list[int]) -> str:
@@ -127,4 +136,6 @@ def render_inspection(info: dict[str, Any]) -> str:
     lines += ["  ".join(c.ljust(w) if i < 6 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
               .rstrip() for r in rows]
     lines.append(f"\nadapter parameters {info['adapter_parameters']:,}, head parameters {info['head_parameters']:,}")
+    lines.append("integrity: ok (formats, content hashes and every file's sha256 check out)"
+                 if info["integrity"] == "ok" else f"integrity: FAILED: {info['integrity']}")
     return "\n".join(lines)

@@ -210,6 +210,16 @@ def _read_model(directory: Path) -> tuple[SavedModel, dict[str, SavedTask], Tens
     return saved, tasks, backbone_tensors
 
 
+def verify_saved(path: str | Path) -> None:
+    """Every check a load makes that needs no backbone: file formats and fields, content hashes, each
+    tensor file's recorded sha256, readable tensors. Raises ``AdapterLoadError`` naming the first
+    failure; returns None when a model folder (or a task folder) is intact."""
+    folder = Path(path)
+    tasks = _read_model(folder)[1] if (folder / CONFIG_FILE).is_file() else {folder.name: read_task(folder)}
+    for saved in tasks.values():
+        _task_tensors(saved)
+
+
 def from_pretrained(directory: str | Path, backbone: nn.Module | None = None,
                     check_weights: bool = True) -> MultiTaskModel:
     """Rebuild a saved model on ``backbone`` (the base model it was made from).

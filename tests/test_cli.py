@@ -169,6 +169,21 @@ def test_inspect_task_folder_as_text(run, capsys):
     assert code == 0
     assert out.startswith("saved task:")
     assert "regression" in out and "sentiment" not in out and "tuned" in out
+    assert "integrity: ok" in out
+
+
+@pytest.mark.parametrize("damaged", ["backbone.safetensors", "tasks/animal/adapter.safetensors"])
+def test_inspect_reports_a_flipped_byte_and_exits_1(run, capsys, tmp_path, damaged):
+    folder = tmp_path / "flipped"
+    shutil.copytree(run["out"] / "best", folder)
+    path = folder / damaged
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # a tensor byte: the file still parses, only its hash can tell
+    path.write_bytes(bytes(data))
+    code, out, _ = call(capsys, "inspect", folder, "--json")
+    info = json.loads(out)
+    assert code == 1 and str(path) in info["integrity"] and "sha256" in info["integrity"]
+    assert call(capsys, "inspect", run["out"] / "best", "--json")[0] == 0
 
 
 # ---- errors ------------------------------------------------------------------------------------
