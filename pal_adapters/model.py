@@ -197,8 +197,9 @@ class MultiTaskModel(nn.Module):
     def _head(self, task: str, hidden: torch.Tensor, pooled: torch.Tensor | None,
               mask: torch.Tensor | None) -> torch.Tensor:
         head: TaskHead = self.heads[task]
-        features = hidden if head.token_level else pool(hidden, mask, pooled, self.tasks[task].pooling)
-        return head(features)
+        if head.token_level:
+            return head.kind.mask_logits(head(hidden), mask)
+        return head(pool(hidden, mask, pooled, self.tasks[task].pooling))
 
     def _forward_mixed(self, inputs: dict[str, Any], labels: Any, ids: torch.Tensor) -> MultiTaskOutput:
         order = torch.sort(ids.cpu(), stable=True).indices  # rows grouped by task, order kept within

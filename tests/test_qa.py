@@ -383,3 +383,23 @@ def test_qa_rows_of_a_mixed_batch_equal_a_qa_only_forward(tokenizer):
         cls = model(**others, task="cls").logits
     assert mixed.task_rows["qa"].tolist() == [0, 1, 4, 5]
     assert torch.allclose(mixed.logits["qa"], alone, atol=1e-5) and torch.allclose(mixed.logits["cls"], cls, atol=1e-5)
+
+
+def test_padding_is_out_of_play_so_the_loss_does_not_depend_on_it(tokenizer, monkeypatch):
+    model = qa_model(tokenizer).eval()
+    kind = ExtractiveQAKind(TaskConfig(type="extractive_qa"))
+    short, _ = kind.encode_for_predict([{"question": "who", "context": CONTEXT}], tokenizer, max_length=32)
+    n, t = short["input_ids"].shape
+    padded = {k: torch.cat([v, torch.full((n, 7), tokenizer.pad_token_id if k == "input_ids" else 0,
+                                          dtype=v.dtype)], dim=1) for k, v in short.items()}
+    labels = torch.tensor([[0, 0]] * n)
+    with torch.no_grad():
+        a = model(**short, task="qa", labels=labels)
+        b = model(**padded, task="qa", labels=labels)
+        monkeypatch.setattr(ExtractiveQAKind, "mask_logits", lambda self, logits, mask: logits)
+        unmasked = model(**padded, task="qa", labels=labels)  # what masking prevents: padding in the softmax
+    # The real positions' logits agree, the padding ones can win nothing, the loss is the same.
+    assert torch.allclose(a.logits, b.logits[:, :t], atol=1e-5)
+    assert (b.logits[:, t:] == torch.finfo(b.logits.dtype).min).all()
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)
+    assert torch.allclose(unmasked.logits[:, :t], a.logits, atol=1e-5) and unmasked.loss > a.loss + 1e-4

@@ -144,6 +144,11 @@ class TaskKind:
         """The linear layer's ``(n, C)`` / ``(n, T, C)`` output -> this kind's logits (table above)."""
         return logits
 
+    def mask_logits(self, logits: Tensor, mask: Tensor | None) -> Tensor:
+        """Token-level logits ``(n, T, C)`` with padding taken out of play where the kind needs it;
+        ``mask`` ``(n, T)``, nonzero = a real token, or None. Default: unchanged."""
+        return logits
+
     def loss(self, logits: Tensor, labels: Any) -> Tensor:
         """Scalar float32 loss of a batch; validates ``labels`` first (see the conventions)."""
         raise NotImplementedError(f"task type {self.name!r} defines no loss")

@@ -75,6 +75,13 @@ class ExtractiveQAKind(TaskKind):
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
     # ---- loss ----------------------------------------------------------------------------------
+    def mask_logits(self, logits: Tensor, mask: Tensor | None) -> Tensor:
+        """Padding can be neither a start nor an end: its logits become the dtype's minimum, so the
+        loss's softmax (and any argmax) sees only real tokens, the same whatever a batch's padding."""
+        if mask is None:
+            return logits
+        return logits.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(logits.dtype).min)
+
     def loss(self, logits: Tensor, labels: Any) -> Tensor:
         """Mean of the start and end cross-entropies over the ``T`` positions of each window."""
         labels = require_tensor(labels, self.name)
