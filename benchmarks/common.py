@@ -362,6 +362,8 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 TINY_SHAPE = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000)
+BERT_BASE_SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+SHAPES = {"minilm": MINILM_SHAPE, "bert-base": BERT_BASE_SHAPE, "tiny": TINY_SHAPE}  # random-encoder shapes by name
 
 
 def minilm_backbone(smoke: bool = False) -> tuple[Any, str]:

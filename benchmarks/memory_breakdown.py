@@ -50,8 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import (  # noqa: E402
-    MINILM_SHAPE,
-    TINY_SHAPE,
+    SHAPES,
     format_table,
     run_metadata,
     save_plot,
@@ -59,8 +58,6 @@ from common import (  # noqa: E402
     write_json,
 )
 
-BERT_BASE_SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-SHAPES = {"minilm": MINILM_SHAPE, "bert-base": BERT_BASE_SHAPE, "tiny": TINY_SHAPE}
 CATEGORIES = ["attention TxT", "FFN intermediate", "hidden", "PAL inner", "weights", "other"]
 TARGET_FROZEN_OVER_TUNED = 0.6
 MB = 1e6

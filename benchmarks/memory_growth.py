@@ -35,10 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import MINILM_SHAPE, STEADY_MALLOC, TINY_SHAPE, format_table, save_plot  # noqa: E402
-
-BERT_BASE_SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-SHAPES = {"minilm": MINILM_SHAPE, "bert-base": BERT_BASE_SHAPE, "tiny": TINY_SHAPE}
+from common import SHAPES, STEADY_MALLOC, format_table, save_plot  # noqa: E402
 
 Child = Callable[[dict], dict]
 
