@@ -366,6 +366,29 @@ BERT_BASE_SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_head
 SHAPES = {"minilm": MINILM_SHAPE, "bert-base": BERT_BASE_SHAPE, "tiny": TINY_SHAPE}  # random-encoder shapes by name
 
 
+def pal_training_model(shape: Mapping[str, int], frozen: bool, checkpointing: bool = False,
+                       attention_dropout: bool = True, device: str = "cpu") -> Any:
+    """A seeded random BERT of ``shape`` with PALs in all layers and one 2-way head ("task"), in
+    train mode: what the memory benchmarks train. ``attention_dropout=False`` sets the backbone's
+    attention-probability dropout and the PALs' to 0."""
+    import warnings
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from pal_adapters import add_pal
+
+    torch.manual_seed(0)
+    extra = {} if attention_dropout else {"attention_probs_dropout_prob": 0.0}
+    backbone = AutoModel.from_config(AutoConfig.for_model("bert", **shape, **extra))
+    if checkpointing:
+        with warnings.catch_warnings():  # transformers 5 renames it; the old name is what users call
+            warnings.simplefilter("ignore", FutureWarning)
+            backbone.gradient_checkpointing_enable()
+    adapter = "pal" if attention_dropout else {"kind": "pal", "dropout": 0.0}
+    return add_pal(backbone, {"task": 2}, adapter=adapter, freeze_backbone=frozen).to(device).train()
+
+
 def minilm_backbone(smoke: bool = False) -> tuple[Any, str]:
     """The packaged all-MiniLM-L6-v2 encoder when it is installed, else a random BERT of its shape
     (6 layers, d_m 384, 12 heads: the same cost); with ``smoke`` a tiny random BERT.

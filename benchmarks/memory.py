@@ -10,7 +10,7 @@
 2. Bytes on disk: one task saved with ``save_task`` (PAL + head, safetensors) vs a full copy of
    the encoder (``save_pretrained``), both shapes.
 3. Growth (RSS over a run, ``--only-growth``) and the real trainer (``--only-trainer``) live in
-   memory_growth.py, with the child-process harness (build, rss_mb, run_child) both studies use;
+   memory_growth.py, with the child-process harness (rss_mb, run_child) both studies use;
    this file parses the flags, runs the studies and writes the report.
 
     python benchmarks/memory.py --quick     # ~4 min on the 2-core CPU
@@ -33,10 +33,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import add_device_args, format_table, run_metadata, set_results_dir, write_json  # noqa: E402
-from memory_growth import (  # noqa: E402
+from common import (  # noqa: E402
     SHAPES,
-    build,
+    add_device_args,
+    format_table,
+    pal_training_model,
+    run_metadata,
+    set_results_dir,
+    write_json,
+)
+from memory_growth import (  # noqa: E402
     child_main,
     growth,
     plot_growth,
@@ -56,7 +62,7 @@ def child_peak(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
     base = rss_mb()
-    model = build(spec["shape"], spec["frozen"], spec["checkpointing"], device)
+    model = pal_training_model(SHAPES[spec["shape"]], spec["frozen"], spec["checkpointing"], device=device)
     after_build = rss_mb()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)

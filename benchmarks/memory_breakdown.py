@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from common import (  # noqa: E402
     SHAPES,
     format_table,
+    pal_training_model,
     run_metadata,
     save_plot,
     set_results_dir,
@@ -61,24 +61,6 @@ from common import (  # noqa: E402
 CATEGORIES = ["attention TxT", "FFN intermediate", "hidden", "PAL inner", "weights", "other"]
 TARGET_FROZEN_OVER_TUNED = 0.6
 MB = 1e6
-
-
-def build(shape: dict[str, int], frozen: bool, checkpointing: bool, dropout: bool) -> Any:
-    """A random BERT of ``shape`` with PALs in all layers and a 2-class head, in train mode."""
-    import torch
-    from transformers import AutoConfig, AutoModel
-
-    from pal_adapters import add_pal
-
-    torch.manual_seed(0)
-    extra = {} if dropout else {"attention_probs_dropout_prob": 0.0}
-    backbone = AutoModel.from_config(AutoConfig.for_model("bert", **shape, **extra))
-    if checkpointing:
-        with warnings.catch_warnings():  # transformers 5 renames it; the old name is what users call
-            warnings.simplefilter("ignore", FutureWarning)
-            backbone.gradient_checkpointing_enable()
-    adapter = "pal" if dropout else {"kind": "pal", "dropout": 0.0}
-    return add_pal(backbone, {"task": 2}, adapter=adapter, freeze_backbone=frozen).train()
 
 
 def classify(t: Any, dims: dict[str, int], param_shapes: set[tuple[int, ...]]) -> str:
@@ -135,7 +117,7 @@ def model_dims(model: Any, shape: dict[str, int], batch: int, length: int) -> di
 def measure(shape: dict[str, int], frozen: bool, checkpointing: bool, dropout: bool,
             batch: int, length: int) -> dict[str, Any]:
     """One configuration's byte counts (params, grads, AdamW, saved activations, recompute peak)."""
-    model = build(shape, frozen, checkpointing, dropout)
+    model = pal_training_model(shape, frozen, checkpointing, dropout)
     dims = model_dims(model, shape, batch, length)
     params = list(model.parameters())
     row: dict[str, Any] = {
@@ -152,7 +134,7 @@ def measure(shape: dict[str, int], frozen: bool, checkpointing: bool, dropout: b
     del model
     row["recompute_peak"] = 0
     if checkpointing:
-        one = build({**shape, "num_hidden_layers": 1}, frozen, False, dropout)
+        one = pal_training_model({**shape, "num_hidden_layers": 1}, frozen, False, dropout)
         one_saved = saved_bytes(one, dims)
         row["recompute_peak"] = sum(v for k, v in one_saved.items() if k != "aliased_param_bytes")
     row["total"] = row["params"] + row["grads"] + row["adamw"] + row["saved_total"] + row["recompute_peak"]

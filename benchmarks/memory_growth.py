@@ -9,8 +9,7 @@ Owns the growth studies of ``memory.py`` (``--only-growth``, ``--only-trainer``)
 2. Trainer growth: the real ``MultiTaskTrainer`` on ../shared/data/glue for ``--trainer-steps``
    steps, RSS sampled every second.
 
-and the harness ``memory.py``'s peak study shares: ``build`` (a random BERT-shaped encoder with
-PALs), ``rss_mb`` and ``run_child``, which runs a ``child_*`` function in a fresh interpreter
+and the harness ``memory.py``'s peak study shares: ``rss_mb`` and ``run_child``, which runs a ``child_*`` function in a fresh interpreter
 (``python <its file> --child <name> <spec>``) so each peak and trace is that run's alone.
 
 Run through ``python benchmarks/memory.py --only-growth`` / ``--only-trainer --trainer-steps N``;
@@ -35,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import SHAPES, STEADY_MALLOC, format_table, save_plot  # noqa: E402
+from common import SHAPES, STEADY_MALLOC, format_table, pal_training_model, save_plot  # noqa: E402
 
 Child = Callable[[dict], dict]
 
@@ -44,20 +43,6 @@ def rss_mb() -> float:
     """Current resident set size in MB (from /proc; psutil is not needed)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def build(shape: str, frozen: bool, checkpointing: bool, device: str):
-    """A seeded random BERT encoder of ``SHAPES[shape]`` with PALs in all layers and one 2-way head."""
-    import torch
-    from transformers import AutoConfig, AutoModel
-
-    from pal_adapters import add_pal
-
-    torch.manual_seed(0)
-    backbone = AutoModel.from_config(AutoConfig.for_model("bert", **SHAPES[shape]))
-    if checkpointing:
-        backbone.gradient_checkpointing_enable()
-    return add_pal(backbone, {"task": 2}, adapter="pal", freeze_backbone=frozen).to(device).train()
 
 
 def run_child(child: Child, spec: dict, malloc: str | None = None, in_process: bool = False) -> dict:
@@ -92,7 +77,7 @@ def child_growth(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    model = build(spec["shape"], False, False, "cpu")
+    model = pal_training_model(SHAPES[spec["shape"]], frozen=False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     rng = random.Random(0)
     trace = []
