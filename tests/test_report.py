@@ -121,3 +121,19 @@ def test_eval_table_aligns_tasks_and_metrics() -> None:
     assert len({len(line) for line in lines}) == 1  # fixed width
     # right-aligned: each value ends where its header ends
     assert lines[0].index("accuracy") + len("accuracy") == lines[2].index("0.6123") + len("0.6123")
+
+
+def test_a_task_keeps_its_colour_in_both_panels_when_another_task_only_evaluates() -> None:
+    from pal_adapters.training.report import _plot_eval, _plot_train, _task_colours
+
+    records = [{"kind": "train", "step": s, "task": "b.x", "loss": 1.0 / s} for s in range(1, 4)]
+    records += [{"kind": "eval", "step": 3, "metrics": {"a": {"acc": 0.5}, "b.x": {"acc": 0.6, "f1": 0.7}}}]
+    colours = _task_colours(records)
+    assert colours == {"a": "C0", "b.x": "C1"}  # "a" evaluates only; "b.x" (a dotted name) does both
+    left, right = Figure().subplots(1, 2)
+    _plot_train(left, records, None, colours)
+    _plot_eval(right, records, colours)
+    loss = {line.get_color() for line in left.get_lines()}
+    metrics = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in right.get_lines()}
+    assert loss == {"C1"}
+    assert metrics == {"a.acc": ("C0", "-"), "b.x.acc": ("C1", "-"), "b.x.f1": ("C1", "--")}

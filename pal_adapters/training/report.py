@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,27 +149,32 @@ def _eval_series(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[f
     return dict(series)
 
 
-def _plot_train(ax: Any, records: Sequence[Mapping[str, Any]], window: int | None) -> None:
+def _task_colours(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """One matplotlib colour per task, over every task that has a loss or a dev metric (sorted), so a
+    task's loss curve and its metrics share a colour even when some tasks only train or only evaluate."""
+    tasks = {str(r.get("task", "all")) for r in records if r.get("kind") == "train"}
+    tasks |= {t for r in records if r.get("kind") == "eval" for t in r.get("metrics", {})}
+    return {task: f"C{i % 10}" for i, task in enumerate(sorted(tasks))}
+
+
+def _plot_train(ax: Any, records: Sequence[Mapping[str, Any]], window: int | None, colours: dict[str, str]) -> None:
     series = _train_series(records)
-    for i, (task, (steps, losses)) in enumerate(sorted(series.items())):
+    for task, (steps, losses) in sorted(series.items()):
         w = window or max(1, min(50, len(losses) // 10))
-        ax.plot(steps, losses, color=f"C{i}", alpha=0.2, linewidth=0.8)
-        ax.plot(steps, moving_average(losses, w), color=f"C{i}", label=f"{task} (avg {w})")
+        ax.plot(steps, losses, color=colours[task], alpha=0.2, linewidth=0.8)
+        ax.plot(steps, moving_average(losses, w), color=colours[task], label=f"{task} (avg {w})")
     _finish(ax, "training loss", "loss", bool(series))
 
 
-def _plot_eval(ax: Any, records: Sequence[Mapping[str, Any]]) -> None:
+def _plot_eval(ax: Any, records: Sequence[Mapping[str, Any]], colours: dict[str, str]) -> None:
     series = _eval_series(records)
     score = series.pop("score", None)
-    # One colour per task, the same as its loss curve (tasks in sorted order); its metrics differ by style.
-    tasks = sorted({name.split(".")[0] for name in series})
-    seen: dict[str, int] = {}
+    metrics_drawn: Counter[str] = Counter()  # a task's metrics share its colour and differ by line style
     for name, (steps, values) in sorted(series.items()):
-        task = name.split(".")[0]
-        style = ("-", "--", ":", "-.")[seen.setdefault(task, 0) % 4]
-        seen[task] += 1
-        ax.plot(steps, values, color=f"C{tasks.index(task) % 10}", linestyle=style, marker="o", markersize=3,
-                label=name)
+        task = name.rsplit(".", 1)[0]  # "task.metric"; metric names have no dot
+        style = ("-", "--", ":", "-.")[metrics_drawn[task] % 4]
+        metrics_drawn[task] += 1
+        ax.plot(steps, values, color=colours[task], linestyle=style, marker="o", markersize=3, label=name)
     if score is not None:  # the sum over tasks exceeds the metrics' range: own axis
         twin = ax.twinx()
         twin.plot(*score, color="black", linestyle="--", marker="s", markersize=3, label="score")
@@ -202,8 +207,9 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: str | os.Pa
     fig = Figure(figsize=(12, 4.5))
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    _plot_train(left, records, window)
-    _plot_eval(right, records)
+    colours = _task_colours(records)
+    _plot_train(left, records, window, colours)
+    _plot_eval(right, records, colours)
     fig.tight_layout()
     path = Path(path)
     with atomic_file(path) as f:
