@@ -64,7 +64,8 @@ def build_factories(model: str, work: Path) -> tuple[Callable[[], tuple[nn.Modul
             return AutoModelForSequenceClassification.from_config(with_num_labels(config, num_labels))
 
         return tiny_backbone, tiny_seq_cls
-    from pal_adapters.training.setup import load_backbone, resolve_model_path
+    from pal_adapters.model_path import resolve_model_path
+    from pal_adapters.training.setup import load_backbone
 
     path = resolve_model_path(model)
     return (lambda: load_backbone(model)), (lambda n: AutoModelForSequenceClassification.from_pretrained(

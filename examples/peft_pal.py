@@ -22,8 +22,8 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
 from pal_adapters import add_pal
+from pal_adapters.model_path import resolve_model_path
 from pal_adapters.peft import PalPeftConfig, to_pal_task
-from pal_adapters.training.setup import resolve_model_path
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue" / "SST-2" / "train.tsv"
 WORDS = {1: ["great", "lovely", "moving", "funny", "superb"], 0: ["dull", "awful", "boring", "clumsy", "tedious"]}

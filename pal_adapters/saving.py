@@ -278,7 +278,7 @@ def _load_base(base: dict[str, Any], where: Path) -> nn.Module:
     """The base model by its recorded name (``minilm`` is the packaged MiniLM; else a hub id or path)."""
     from transformers import AutoModel
 
-    from .training.setup import resolve_model_path
+    from .model_path import resolve_model_path
 
     name = base["name_or_path"]
     if not name:

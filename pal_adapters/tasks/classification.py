@@ -10,7 +10,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..training import metrics as m
+from . import metrics as m
 from .base import IGNORE_INDEX, TaskKind, require_integer, require_shape, require_tensor, zero_loss
 
 

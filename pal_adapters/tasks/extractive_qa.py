@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..training.squad import squad_scores
 from .base import TaskKind, require_integer, require_shape, require_tensor
 from .qa_windows import Span, best_spans, make_windows
+from .squad_metric import squad_scores
 
 
 # The kind reports fractions (0..1) like every other metric of the library, so the PALs rule of

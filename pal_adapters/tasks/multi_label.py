@@ -10,7 +10,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..training import metrics as m
+from . import metrics as m
 from .base import TaskKind, require_shape, require_tensor
 from .classification import class_id_converter
 

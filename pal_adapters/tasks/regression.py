@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..training import metrics as m
+from . import metrics as m
 from .base import TaskKind, require_tensor
 
 

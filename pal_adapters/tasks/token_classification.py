@@ -28,9 +28,6 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
-from seqeval.metrics.sequence_labeling import get_entities
-from seqeval.scheme import IOB2
 from torch import Tensor
 
 from .base import IGNORE_INDEX, Columns, TaskKind, require_integer, require_shape, require_tensor, zero_loss
@@ -90,6 +87,8 @@ def entity_spans(text: str, tags: Sequence[str], word_spans: Sequence[tuple[int,
 
     ``word_spans``: each word's ``(start, end)`` in ``text``.
     """
+    from seqeval.metrics.sequence_labeling import get_entities  # imported when first needed
+
     return [Entity(text[word_spans[a][0]:word_spans[b][1]], label, word_spans[a][0], word_spans[b][1])
             for label, a, b in get_entities(list(tags))]
 
@@ -103,8 +102,16 @@ def _word_spans(word_ids: Sequence[int | None], offsets: Sequence[Sequence[int]]
     return spans
 
 
-def _metric(fn: Callable[..., float], **kwargs: Any) -> Callable[[Tags, Tags], float]:
-    return lambda predictions, references: float(fn(references, predictions, **kwargs))
+def _metric(name: str, strict: bool = False) -> Callable[[Tags, Tags], float]:
+    """seqeval's metric ``name`` (``f1_score``, ...) as ``fn(predictions, references)``; seqeval (and
+    the scikit-learn it loads) is imported when a score is first computed, not with the kind."""
+    def score(predictions: Tags, references: Tags) -> float:
+        from seqeval import metrics
+        from seqeval.scheme import IOB2
+
+        kwargs: dict[str, Any] = {"mode": "strict", "scheme": IOB2} if strict else {}
+        return float(getattr(metrics, name)(references, predictions, **kwargs))
+    return score
 
 
 class TokenClassificationKind(TaskKind):
@@ -114,11 +121,11 @@ class TokenClassificationKind(TaskKind):
     token_level = True
     columns = ("tokens", "tags")
     metrics = MappingProxyType({
-        "f1": _metric(f1_score),
-        "precision": _metric(precision_score),
-        "recall": _metric(recall_score),
-        "accuracy": _metric(accuracy_score),
-        "f1_strict": _metric(f1_score, mode="strict", scheme=IOB2),
+        "f1": _metric("f1_score"),
+        "precision": _metric("precision_score"),
+        "recall": _metric("recall_score"),
+        "accuracy": _metric("accuracy_score"),
+        "f1_strict": _metric("f1_score", strict=True),
     })
     default_metrics = ("f1", "precision", "recall", "accuracy")
     options = MappingProxyType({"label_all_subtokens": False})

