@@ -1,0 +1,17 @@
+"""The HTTP server of ``pal-adapters serve`` (an optional extra: ``pip install "pal-adapters[serve]"``).
+
+    from pal_adapters.serve import ServeSettings, create_app
+    app = create_app(model, tokenizer, ServeSettings(max_wait_ms=2))   # mount it in your own app
+
+Modules: ``settings`` (limits), ``payload`` (request bodies -> rows), ``encoding`` (rows -> pieces
+by each task's kind), ``collate`` (pieces -> one batch and back), ``jobs`` (the bounded queue),
+``batcher`` (the worker that owns the model), ``app`` (routes), ``admin`` (token, task folders),
+``metrics`` (Prometheus), ``info``, ``server`` (uvicorn, signals).
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .settings import ServeSettings
+
+__all__ = ["ServeSettings", "create_app"]
