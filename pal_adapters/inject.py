@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -54,13 +54,21 @@ class AdapterBank(nn.ModuleDict):
         return self.resolved.layout.pre_ln
 
     # ---- tasks ----------------------------------------------------------------------------
-    def add_task(self, name: str, config: AdapterConfig | str | dict | None = None) -> TaskAdapter:
-        """Create ``name``'s adapters (identity at initialisation) on the encoder's device/dtype."""
+    def add_task(self, name: str, config: AdapterConfig | str | dict | None = None,
+                 device: torch.device | str | None = None) -> TaskAdapter:
+        """Create ``name``'s adapters (identity at initialisation) in the encoder's dtype, on ``device``
+        (default: the encoder's). ``device="meta"`` creates them empty, for weights loaded afterwards
+        with ``load_state_dict(..., assign=True)`` (PEFT's ``low_cpu_mem_usage``)."""
         self.check_new_name(name)
-        adapter = TaskAdapter(resolve_adapter_config(config), self.d_model, self.num_depths)
         ref = next((p for p in self._base_ref[0].parameters() if p.is_floating_point()), None)
+        target = torch.device(device) if device is not None else (ref.device if ref is not None else None)
+        meta = target is not None and target.type == "meta"
+        with torch.device("meta") if meta else nullcontext():
+            adapter = TaskAdapter(resolve_adapter_config(config), self.d_model, self.num_depths)
         if ref is not None:
-            adapter.to(device=ref.device, dtype=ref.dtype)
+            adapter.to(dtype=ref.dtype)
+        if target is not None and not meta and not any(p.is_meta for p in adapter.parameters()):
+            adapter.to(device=target)  # (already on meta: created under accelerate's init_empty_weights)
         adapter.train(self._base_ref[0].training)  # an eval-mode model gets eval-mode adapters (no dropout)
         self[name] = adapter
         return adapter
@@ -160,12 +168,12 @@ class AdapterBank(nn.ModuleDict):
         if depth not in adapter.depths:
             return x
         if adapter.ts is None:  # LHUC alone scales the layer output, whatever the placement
-            return x * adapter.output_scale(depth) if stage == "output" else x
+            return x * _in_dtype(adapter.output_scale(depth), x.dtype) if stage == "output" else x
         if adapter.placement == "serial":
-            return x + adapter.delta(x, depth, keep) if stage == "output" else x
+            return x + _delta(adapter, x, depth, keep, x.dtype) if stage == "output" else x
         # Parallel: TS reads the layer input and joins the last residual sum.
         joins_here = stage == ("output" if self.pre_ln else "norm")
-        return x + adapter.delta(h_in, depth, keep) if joins_here else x
+        return x + _delta(adapter, h_in, depth, keep, x.dtype) if joins_here else x
 
     # ---- lifecycle ------------------------------------------------------------------------
     def attach(self) -> None:
@@ -190,6 +198,19 @@ class AdapterBank(nn.ModuleDict):
         self._handles.clear()
         for layer in self.resolved.modules:
             unbind_checkpointing(layer)
+
+
+def _in_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _delta(adapter: TaskAdapter, h: torch.Tensor, depth: int, keep: torch.Tensor | None,
+           dtype: torch.dtype) -> torch.Tensor:
+    """``(B, T, d_m) -> (B, T, d_m)``: TS(h) computed in the adapter's own dtype and returned in
+    ``dtype``, the encoder's: PEFT keeps adapters in fp32 on a bf16 or fp16 encoder
+    (``autocast_adapter_dtype``). The same dtype everywhere (the common case) adds no op."""
+    own = next(adapter.parameters()).dtype
+    return _in_dtype(adapter.delta(_in_dtype(h, own), depth, keep), dtype)
 
 
 def inject_adapters(

@@ -12,7 +12,10 @@ A layout names, relative to the bare encoder (``model.base_model``):
 - ``shared``: the layer modules are applied more than once (ALBERT shares one layer across all
   depths), so a depth is known only from the order of calls;
 - ``batch_args``: layer arguments besides the hidden states that carry the batch dimension
-  (replicated when one input is run for every task).
+  (replicated when one input is run for every task);
+- ``pads_sequence``: the encoder pads the sequence itself, at the end and with padding positions
+  (Longformer: to a multiple of ``attention_window``), so its layers see more positions than the
+  ``attention_mask`` it was given; the adapters' padding mask is extended to match.
 Adding an encoder family is one row here plus a test.
 """
 
@@ -31,6 +34,7 @@ class Layout:
     inner: str | None = None
     shared: bool = False
     batch_args: tuple[str, ...] = ("attention_mask",)
+    pads_sequence: bool = False
 
     @property
     def pre_ln(self) -> bool:
@@ -50,6 +54,10 @@ LAYOUTS: dict[str, Layout] = {
     "mpnet": Layout(layers="encoder.layer", last_norm="output.LayerNorm",
                     batch_args=("attention_mask", "position_bias")),
     "distilbert": Layout(layers="transformer.layer", last_norm="output_layer_norm"),
+    # Pre-LN BERT: the layer output is its last residual sum (the final norm is the encoder's ``ln``).
+    "megatron-bert": Layout(layers="encoder.layer", last_norm=None),
+    "longformer": Layout(layers="encoder.layer", last_norm="output.LayerNorm", pads_sequence=True,
+                         batch_args=("attention_mask", "is_index_masked", "is_index_global_attn")),
     "albert": Layout(layers="encoder.albert_layer_groups", last_norm="full_layer_layer_norm",
                      inner="albert_layers", shared=True),
     "modernbert": Layout(layers="layers", last_norm=None, input_module="attn_norm",

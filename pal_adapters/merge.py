@@ -34,16 +34,41 @@ def check_mergeable(bank: AdapterBank, name: str, model_type: str) -> None:
         raise ValueError(f"cannot merge LHUC into {model_type!r}: {why}")
 
 
-def fold_lhuc(bank: AdapterBank, name: str, layers: nn.ModuleList) -> None:
-    """Scale the last norm of each of ``layers`` that task ``name`` adapts by its LHUC scale, in place."""
+def folded_norms(bank: AdapterBank, name: str, layers: nn.ModuleList,
+                 safe_merge: bool = False) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]]:
+    """The scaled ``(norm, γ·s, β·s)`` of each of ``layers`` that task ``name`` adapts, computed
+    without changing anything (``γ, β, s``: ``(d_m,)``). ``safe_merge``: raise if any is not finite."""
     adapter = bank[name]
+    folded = []
     with torch.no_grad():
-        for depth in adapter.depths:
+        for depth in sorted(adapter.depths):
             norm = layers[depth].get_submodule(bank.resolved.layout.last_norm)
             scale = adapter.output_scale(depth).to(norm.weight.dtype)
-            norm.weight.mul_(scale)
-            if norm.bias is not None:
-                norm.bias.mul_(scale)
+            bias = None if norm.bias is None else norm.bias * scale
+            folded.append((norm, norm.weight * scale, bias))
+    if safe_merge:
+        broken = [i for i, (_, w, b) in enumerate(folded)
+                  if not torch.isfinite(w).all() or (b is not None and not torch.isfinite(b).all())]
+        if broken:
+            depths = [sorted(adapter.depths)[i] for i in broken]
+            raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken: "
+                             f"its LHUC scales at depths {depths} are not finite; nothing was merged")
+    return folded
+
+
+def write_norms(folded: list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]]) -> None:
+    """Copy what ``folded_norms`` computed into the norms, in place."""
+    with torch.no_grad():
+        for norm, weight, bias in folded:
+            norm.weight.copy_(weight)
+            if bias is not None:
+                norm.bias.copy_(bias)
+
+
+def fold_lhuc(bank: AdapterBank, name: str, layers: nn.ModuleList, safe_merge: bool = False) -> None:
+    """Scale the last norm of each of ``layers`` that task ``name`` adapts by its LHUC scale, in place.
+    Every scaled norm is computed (and, with ``safe_merge``, checked) before the first is written."""
+    write_norms(folded_norms(bank, name, layers, safe_merge))
 
 
 def merge_lhuc(model: MultiTaskModel, name: str) -> nn.Module:

@@ -64,6 +64,7 @@ class LayerSite:
         self.index = index
         self.depth = depth
         self.layer_args = LayerArgs(layer, bank.resolved.layout.batch_args)
+        self.pads_sequence = bank.resolved.layout.pads_sequence
         self.checkpointable = isinstance(layer, GradientCheckpointingLayer)
 
     def _state(self) -> ForwardState | None:
@@ -99,7 +100,20 @@ class LayerSite:
     def capture_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         state = self._state()
         if state is not None:
-            state.inputs[self.index] = args[0] if args else next(iter(kwargs.values()))
+            h = args[0] if args else next(iter(kwargs.values()))
+            state.inputs[self.index] = h
+            if state.keep is not None and state.keep.shape[-1] != h.shape[1]:
+                state.keep = self._fit_keep(state.keep, h.shape[1])
+
+    def _fit_keep(self, keep: torch.Tensor, length: int) -> torch.Tensor:
+        """``(B, 1, 1, T) -> (B, 1, 1, length)``: padding positions appended where the encoder padded
+        the sequence itself (``Layout.pads_sequence``); any other change of length is an error."""
+        if not self.pads_sequence or length < keep.shape[-1]:
+            raise RuntimeError(
+                f"pal_adapters: the layers see {length} positions but the attention_mask has {keep.shape[-1]}. "
+                "If the encoder pads the sequence itself (like Longformer, to a multiple of attention_window), "
+                "pass a layout with pads_sequence=True")
+        return torch.nn.functional.pad(keep, (0, length - keep.shape[-1]), value=False)
 
     def _replicate(self, state: ForwardState, depth: int, x: torch.Tensor) -> torch.Tensor:
         """``predict_all`` in the first adapted layer: everything up to the layer's last residual sum

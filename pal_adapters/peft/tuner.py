@@ -6,6 +6,10 @@ task's V^E/V^D shared across its layers (like VeRA's ``vera_A``/``vera_B``). So 
 overrides the injection, switching, deletion, merging and state-dict hooks of ``BaseTuner`` and
 delegates each to the core's ``AdapterBank`` (``PeftAdapterBank``, layer.py).
 
+Prefix: PEFT finds a method's parameters by ``prefix in name`` in places (the missing-key report of
+``load_adapter``, transformers' adapter-key renaming, tests of trainability), so the prefix is
+``pal_adapters``, the module name every adapter parameter is under; no name changes for it.
+
 State-dict keys: the model key ``base_model.model.pal_adapters.<adapter>.<rest>`` is saved as
 ``base_model.model.pal_adapters.<rest>`` (``<rest>`` as in a ``TaskAdapter``'s state dict, e.g.
 ``ts.down.weight``, ``ts.inner.3.qkv.weight``, ``lhuc.theta.3``).
@@ -24,12 +28,12 @@ from torch import nn
 
 from ..inject import ATTRIBUTE
 from ..io import AdapterLoadError
-from ..merge import check_mergeable, fold_lhuc
+from ..merge import check_mergeable
 from ..routing import Routing, Segment
-from .layer import PeftAdapterBank, attach_bank
+from .layer import BASE, PeftAdapterBank, attach_bank
+from .unload import unload_model
 
-BASE = "__base__"  # an ``adapter_names`` entry: that row runs without adapters (PEFT's convention)
-PREFIX = "pal_peft_"  # PEFT's per-method prefix; deliberately not a substring of "pal_adapters" (see README)
+PREFIX = ATTRIBUTE  # PEFT's per-method prefix: in every adapter parameter's name, in no other
 
 
 class PalPeftModel(BaseTuner):
@@ -47,10 +51,11 @@ class PalPeftModel(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
                        low_cpu_mem_usage: bool = False, state_dict: dict | None = None) -> None:
-        """Add ``adapter_name``'s adapters (identity at init) as a task of the model's bank."""
+        """Add ``adapter_name``'s adapters (identity at init) as a task of the model's bank;
+        ``low_cpu_mem_usage``: created empty on the meta device, for weights loaded next."""
         config = self.peft_config[adapter_name]
         bank = attach_bank(model)
-        bank.add_task(adapter_name, config.adapter_config)
+        bank.add_task(adapter_name, config.adapter_config, device="meta" if low_cpu_mem_usage else None)
         self._mark_only_adapters_as_trainable(model)
         bank.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
         set_additional_trainable_modules(model=model, peft_config=config, model_config=self.get_model_config(self),
@@ -68,9 +73,29 @@ class PalPeftModel(BaseTuner):
                 param.requires_grad_(False)
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        """Adapters keep the encoder's dtype (the hooks add their output to its hidden states)."""
+        """``autocast_adapter_dtype`` (PEFT's default): fp16/bf16 adapters are kept in fp32, as PEFT
+        does (optimizer updates in bf16 lose precision); the hooks compute them in fp32 and add
+        their output in the encoder's dtype. ``False``: they keep the encoder's dtype."""
+        if autocast_adapter_dtype:
+            self.bank.upcast(adapter_name)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        """Put ``new_module`` in place of ``child``. PEFT's version copies ``weight``/``bias`` onto it,
+        which modules without them (``RobertaClassificationHead``) lack; nothing here needs that."""
+        setattr(parent, child_name, new_module)
 
     # ---- switching ------------------------------------------------------------------------
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Checked before anything switches: the bank takes one known adapter (``modules_to_save``
+        copies, switched by PEFT too, must not move to a name the bank then refuses)."""
+        self.bank.check_active(adapter_name)
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
+        """As PEFT's, but an unknown adapter name raises (naming the adapters) instead of doing nothing."""
+        self.bank.check_names(adapter_names)
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.peft_config:
             raise ValueError(f"Adapter {adapter_name} does not exist; adapters: {sorted(self.peft_config)}")
@@ -121,27 +146,25 @@ class PalPeftModel(BaseTuner):
                          adapter_names: list[str] | None = None) -> nn.Module:
         """Fold an LHUC adapter into the norms it scales (like IA³) and return the bare model.
 
-        PAL, PAL-FFN and low-rank add a non-linear function of the layer input: they raise.
+        PAL, PAL-FFN and low-rank add a non-linear function of the layer input: they raise, as do
+        several adapters at once. ``safe_merge``: raise if a merged norm holds a NaN or inf. Any
+        failure leaves the model as it was.
         """
         names = self.active_adapters if adapter_names is None else list(adapter_names)
         if len(names) != 1:
-            raise ValueError(f"merge_and_unload merges exactly one adapter; got {names}")
-        bank = self.bank
-        check_mergeable(bank, names[0], getattr(self.model.config, "model_type", type(self.model).__name__))
-        base = bank._base_ref[0]
-        fold_lhuc(bank, names[0], base.get_submodule(bank.resolved.layout.layers))
-        return self._unload(merge=True, progressbar=progressbar, adapter_names=names)
+            raise ValueError(f"merge_and_unload merges exactly one pal adapter; got {names}")
+        check_mergeable(self.bank, names[0], getattr(self.model.config, "model_type", type(self.model).__name__))
+        return unload_model(self.model, self.bank, names[0], safe_merge, names)
 
     def unload(self) -> nn.Module:
         """Remove every adapter and hook; the model computes what it did before ``get_peft_model``."""
-        return self._unload(merge=False)
+        return unload_model(self.model, self.bank, None, False, None)
 
-    def _unload(self, merge: bool, progressbar: bool = False, adapter_names: list[str] | None = None) -> nn.Module:
-        bank = self.bank
-        bank.detach()
-        delattr(self.model, ATTRIBUTE)
-        # BaseTuner unwraps modules_to_save (the active copy when merging) and drops the config.
-        return self._unload_and_optionally_merge(merge=merge, progressbar=progressbar, adapter_names=adapter_names)
+    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
+                                     adapter_names: list[str] | None = None) -> nn.Module:
+        if merge:
+            return self.merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+        return self.unload()
 
     # ---- state dicts ----------------------------------------------------------------------
     @classmethod
