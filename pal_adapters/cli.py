@@ -7,6 +7,9 @@
 
 Mistakes a user can fix (a missing file, a bad field, a model saved for another base) print one
 ``error: ...`` line on stderr and exit with status 2; ``--debug`` shows the traceback instead.
+
+This module imports nothing heavy at the top: ``--help``, ``--version`` and argument errors answer
+without loading torch; each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .cli_inspect import inspect_path, render_inspection
-from .cli_predict import predict_lines, read_inputs
-from .training.config import RunFile, read_run_file
-from .training.report import format_eval_table, to_jsonable
-from .training.taskdefs import TaskDef, load_task_defs
+from . import __version__
+
+if TYPE_CHECKING:
+    from .training.config import RunFile
+    from .training.taskdefs import TaskDef
 
 log = logging.getLogger("pal_adapters.cli")
 USER_ERRORS = (OSError, ValueError, KeyError, ImportError, yaml.YAMLError)
@@ -53,6 +56,8 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def read_run(path: str, overrides: dict[str, Any]) -> RunFile:
     """The run file with ``overrides`` as ``training`` fields; a wrongly typed value is a user error."""
+    from .training.config import read_run_file
+
     try:
         return read_run_file(path, overrides)
     except TypeError as err:
@@ -61,6 +66,8 @@ def read_run(path: str, overrides: dict[str, Any]) -> RunFile:
 
 def task_definitions(run: RunFile, data_dir: str | None) -> dict[str, TaskDef]:
     """The run's task definitions; inline ones resolve relative data paths against the run file."""
+    from .training.taskdefs import load_task_defs
+
     if data_dir is None and isinstance(run.tasks, dict) and "data_dir" not in run.tasks:
         data_dir = str(run.root)
     return load_task_defs(run.tasks, data_dir=data_dir)
@@ -84,6 +91,7 @@ def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.loop import MultiTaskTrainer
+    from .training.report import format_eval_table
 
     run = read_run(args.run_yaml, training_overrides(args))
     defs = task_definitions(run, args.data_dir)
@@ -117,6 +125,7 @@ def dev_only(defs: dict[str, TaskDef]) -> dict[str, TaskDef]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .training.evaluate import evaluate
+    from .training.report import format_eval_table, to_jsonable
     from .training.setup import dev_loaders, prepare_data
 
     run = read_run(args.run_yaml, {"model": args.model} if args.model else {})
@@ -133,11 +142,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = run.train.replace(batch_size=args.batch_size or run.train.batch_size,
                                max_eval_examples=run.train.max_eval_examples if args.max_examples is None
                                else args.max_examples)
-    data = prepare_data({t: defs[t] for t in wanted}, tokenizer, config)
+    data = prepare_data({t: as_saved(defs[t], model.tasks[t]) for t in wanted}, tokenizer, config)
     results = evaluate(model, dev_loaders(data, tokenizer, config.batch_size),
                        {t: data[t].definition.metrics for t in wanted})
     print(json.dumps(to_jsonable(results), indent=2) if args.json else format_eval_table(results))
     return 0
+
+
+def as_saved(definition: TaskDef, saved: Any) -> TaskDef:
+    """The run file's task definition with the saved model's own task (kind options, length, input
+    form): the data is read and windowed as the model was trained, whatever the run file says now."""
+    if saved != definition.task:
+        changed = sorted(k for k, v in saved.to_dict().items() if definition.task.to_dict().get(k) != v)
+        log.warning("task %r: using the saved model's %s, not the run file's", definition.name, changed)
+    return dataclasses.replace(definition, task=saved)
 
 
 def load_saved(model_dir: str, model_name: str | None):
@@ -157,7 +175,12 @@ def load_saved(model_dir: str, model_name: str | None):
 
 # ---- predict and inspect -----------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .cli_predict import predict_lines, read_inputs
+
     rows = qa_inputs(args) or read_inputs(args.texts, args.input)
+    if len(args.texts) == 2:
+        print("note: the two texts are read as one pair (text, text_b); tasks that read one text skip it",
+              file=sys.stderr)
     model, tokenizer = load_saved(args.model_dir, args.model)
     for line in predict_lines(model, tokenizer, rows, split_names(args.task), args.batch_size, args.max_length):
         print(line)
@@ -175,6 +198,8 @@ def qa_inputs(args: argparse.Namespace) -> list[dict[str, str]]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .cli_inspect import inspect_path, render_inspection
+
     info = inspect_path(args.path)
     print(json.dumps(info, indent=2) if args.json else render_inspection(info))
     return 0 if info["integrity"] == "ok" else 1  # a damaged save is described, and its status says so
@@ -219,7 +244,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--model", help="the base encoder (default: the one the model records)")
     p.add_argument("--task", action="append", help="a task (repeat or comma-separate; default: all)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: each task's own, "
+                   "saved with the model)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -234,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pal-adapters", description="Multi-task adapters for HF encoders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (and dataset progress bars)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--version", action="version", version=f"pal-adapters {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_eval, _add_predict, _add_inspect):
         add(sub)
@@ -252,20 +279,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def quiet_libraries() -> None:
-    """No dataset-map or weight-loading progress bars (the training bar stays)."""
-    import datasets
-    import transformers
+def quiet_libraries(command: str) -> None:
+    """No dataset-map or weight-loading progress bars (the training bar stays), for the commands
+    that load those libraries anyway (``inspect`` and ``--help`` load neither)."""
+    if command in ("train", "eval"):
+        import datasets
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    if command in ("train", "eval", "predict"):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
-        quiet_libraries()
+        quiet_libraries(args.command)
     try:
         return args.func(args)
     except USER_ERRORS as err:

@@ -235,6 +235,14 @@ class TaskConfig:
             (STS-B 0.43 vs 0.27 Pearson after 100 steps); with a tuned backbone the two tie.
         labels: optional class names, index = class id.
         num_candidates: ranking only: how many consecutive rows (candidates) belong to one query.
+        options: the kind's options (``TaskKind.options``, e.g. QA ``doc_stride``), validated by the
+            kind; unset ones take the kind's defaults. Saved with the model, so training-time
+            evaluation, ``eval``, ``predict`` and the server all build the same kind.
+        max_length: the task's token limit: training truncates (QA: windows) to it, ``predict``
+            and the server encode with it.
+        inputs: the input form the task reads (``"text"``, ``"pair"`` or ``"question_context"``,
+            see ``tasks/rows.py``); ``None`` = any form its kind reads. Kinds with one form fix
+            it; training sets it from the data's text columns.
     """
 
     type: TaskType = "classification"
@@ -244,6 +252,9 @@ class TaskConfig:
     pooling: Pooling = "mean"
     labels: tuple[str, ...] | None = field(default=None)
     num_candidates: int | None = None
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    max_length: int = 128
+    inputs: str | None = None
 
     def __post_init__(self) -> None:
         from .tasks import get_kind  # the registry's kinds import this module
@@ -267,7 +278,21 @@ class TaskConfig:
                              f"num_labels={self.num_labels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        self._check_reading(kind)
         kind.check_config(self)  # the kind's own fields (ranking: num_candidates)
+        kind(self)  # the kind checks its options: unknown names and bad values raise, naming them
+
+    def _check_reading(self, kind: Any) -> None:
+        """``options``, ``max_length`` and ``inputs``: what the task reads and how."""
+        if not isinstance(self.options, Mapping) or not all(isinstance(k, str) for k in self.options):
+            raise ValueError(f"options={self.options!r} must be a mapping of option name -> value")
+        object.__setattr__(self, "options", dict(self.options))
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length!r} must be an integer >= 2")
+        if self.inputs is None and len(kind.input_forms) == 1:
+            object.__setattr__(self, "inputs", kind.input_forms[0])
+        if self.inputs is not None:
+            check_choice("inputs", self.inputs, kind.input_forms)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

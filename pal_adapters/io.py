@@ -28,7 +28,8 @@ from .atomic import atomic_directory  # noqa: F401  (re-exported: folders are wr
 from .params import is_adapter_parameter
 
 FORMAT = "pal_adapters"
-VERSION = 2  # 2: every JSON records its own content_sha256, pal_config.json every task file's sha256
+VERSION = 3  # 2: every JSON records its own content_sha256, pal_config.json every task file's sha256;
+#            3: a task records its kind options, max_length and input form (save_format.TASK_FIELDS_V3)
 OLDEST_VERSION = 1
 _DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
                 torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",

@@ -6,7 +6,9 @@ is checked (``config.from_fields`` with ``complete=True``). From format version 
 the sha256 of its own content (``content_sha256``: canonical JSON of the other fields), and
 ``pal_config.json`` the sha256 of every file of every task, so a file changed after saving, or a
 task folder from another save, is refused by name. Version-1 files (written before these two
-fields existed) load with every other check; saving again upgrades them.
+fields existed) load with every other check; saving again upgrades them. From version 3 a task
+records its kind ``options``, ``max_length`` and ``inputs``; a version-1 or -2 task gets their
+defaults, with a warning that names them (save again to record them).
 
 Every problem raises ``AdapterLoadError`` naming the file and the field.
 """
@@ -17,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ CONFIG_FILE, BACKBONE_FILE = "pal_config.json", "backbone.safetensors"
 TASK_FILE, TASK_TENSORS = "task.json", "adapter.safetensors"
 CONTENT_KEY = "content_sha256"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+TASK_FIELDS_V3 = ("options", "max_length", "inputs")  # TaskConfig fields a version-3 save adds
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,24 @@ def _fields(path: Path, cls: type, data: Any, what: str) -> Any:
         raise AdapterLoadError(f"{path}: {err}") from err
 
 
+def _task(path: Path, raw: Any, version: int, what: str) -> TaskConfig:
+    """A saved task definition; before version 3 the fields of ``TASK_FIELDS_V3`` take their
+    defaults, with a warning naming them (what ``predict`` of that save used before version 3)."""
+    if version < 3 and isinstance(raw, dict):
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(TaskConfig) if f.name in TASK_FIELDS_V3}
+        missing = {k: v for k, v in defaults.items() if k not in raw}
+        if missing:
+            task = _fields(path, TaskConfig, {**raw, **missing}, what)
+            from .tasks import kind_of
+
+            given = {k: dict(kind_of(task).options) if k == "options" else getattr(task, k) for k in missing}
+            warnings.warn(f"{path} is a version-{version} save: {what} records no {sorted(missing)} and gets "
+                          f"the defaults {given}; save it again to record them", stacklevel=3)
+            return task
+    return _fields(path, TaskConfig, raw, what)
+
+
 def _sha(path: Path, field: str, value: Any) -> str:
     if not isinstance(value, str) or not _SHA256.match(value):
         raise AdapterLoadError(f"{path}: field {field}={value!r} is not a sha256 (64 lowercase hex digits)")
@@ -167,7 +189,7 @@ def read_task(folder: Path) -> SavedTask:
     """``folder/task.json``, every field checked."""
     path = Path(folder) / TASK_FILE
     record, _ = _record(path, TaskRecord)
-    task = _fields(path, TaskConfig, record.task, "task")
+    task = _task(path, record.task, record.version, "task")
     adapter = _fields(path, AdapterConfig, record.adapter, "adapter")
     if sorted(record.sha256) != [TASK_TENSORS]:
         raise AdapterLoadError(f"{path}: field sha256 lists {sorted(record.sha256)}; it records exactly "
@@ -186,7 +208,7 @@ def read_model(directory: Path) -> SavedModel:
     if len(set(order)) != len(order) or set(order) != set(record.tasks):
         raise AdapterLoadError(f"{path}: field task_order={order} does not list each task of field tasks "
                                f"{sorted(record.tasks)} once")
-    tasks = {n: _fields(path, TaskConfig, record.tasks[n], f"tasks.{n}") for n in order}
+    tasks = {n: _task(path, record.tasks[n], record.version, f"tasks.{n}") for n in order}
     base = _base(path, record.base)
     checksum = _sha(path, "backbone_checksum", record.backbone_checksum)
     if record.backbone_tuned != (checksum != base["checksum"]):

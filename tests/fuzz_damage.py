@@ -19,7 +19,7 @@ from helpers import randomize_adapters, tiny_model
 from safetensors.torch import load_file, save_file
 
 from pal_adapters import AdapterConfig, MultiTaskModel, TaskConfig, add_pal
-from pal_adapters.io import file_sha256
+from pal_adapters.io import VERSION, file_sha256
 from pal_adapters.save_format import CONTENT_KEY, content_sha256
 
 TASKS = {"a": TaskConfig(num_labels=3), "b": TaskConfig(type="regression", pooling="mean"),
@@ -190,7 +190,7 @@ def json_extra(d, rng):
 
 
 def version_bump(d, rng):
-    value = rng.choice([3, 99, 1, "2", 0, True, None, 2.0])
+    value = rng.choice([VERSION + 1, 99, 1, str(VERSION), 0, True, None, float(VERSION)])
     for path in _files(d, ".json"):
         data = json.loads(path.read_text())
         data["version"] = value

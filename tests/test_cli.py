@@ -124,7 +124,7 @@ def test_predict_one_text_matches_the_library(run, capsys):
 
 
 def test_predict_file_all_tasks_agrees_with_single_task_runs(run, capsys, tmp_path):
-    rows = [{"id": 1, "text": "a cat sat"}, {"id": 2, "text": "the dog", "text_b": "was bad"},
+    rows = [{"id": 1, "text": "a cat sat"}, {"id": 2, "text": "the dog was bad"},
             {"id": 3, "text": "good good plot is very fine not awful"}]
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -140,6 +140,21 @@ def test_predict_file_all_tasks_agrees_with_single_task_runs(run, capsys, tmp_pa
     for many, single in zip(lines, map(json.loads, one.strip().splitlines()), strict=True):
         assert many["predictions"]["length"]["score"] == pytest.approx(single["predictions"]["length"]["score"],
                                                                        abs=1e-5)
+
+
+def test_a_saved_task_records_that_it_reads_one_text_and_predict_refuses_a_pair_or_a_blank(run, capsys):
+    folder = run["out"] / "last"
+    model, _ = saved_model(run, folder)
+    assert {t.inputs for t in model.tasks.values()} == {"text"}  # from the data's one text column
+    code, out, err = call(capsys, "predict", folder, "the dog", "was bad")
+    assert code == 2 and out == ""
+    assert "no task of this model can read these inputs" in err and "reads one text ('text')" in err
+    assert "this input is a text pair ('text' and 'text_b')" in err
+    code, _, err = call(capsys, "predict", folder, "--task", "sentiment", "the dog", "was bad")
+    assert code == 2 and "task 'sentiment' cannot read these inputs" in err
+    for blank in ("", "   "):
+        code, out, err = call(capsys, "predict", folder, blank)
+        assert code == 2 and out == "" and "field 'text' is empty" in err
 
 
 # ---- inspect -----------------------------------------------------------------------------------

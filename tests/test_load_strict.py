@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import pal_adapters.saving as saving
 from pal_adapters import MultiTaskModel, add_pal
-from pal_adapters.io import AdapterLoadError, read_json
+from pal_adapters.io import VERSION, AdapterLoadError, read_json
 from pal_adapters.save_format import CONTENT_KEY
 
 
@@ -132,8 +132,9 @@ def _drop_output_activation(data: dict) -> None:
                                     r"config lists every field"),
     (lambda d: d["tasks"]["a"].update(colour="red"), True, r"pal_config.json: unknown tasks.a fields \['colour'\]"),
     (lambda d: d.update(extra=1), True, r"pal_config.json: unknown top-level fields \['extra'\]"),
-    (lambda d: d.update(version=3), True, r"pal_config.json has format version 3, written by a newer pal_adapters; "
-                                          r"this one reads versions 1 to 2: upgrade pal_adapters"),
+    (lambda d: d.update(version=VERSION + 1), True, rf"pal_config.json has format version {VERSION + 1}, written by a "
+                                                    rf"newer pal_adapters; this one reads versions 1 to {VERSION}: "
+                                                    r"upgrade pal_adapters"),
     (lambda d: d["adapter"].update(output_activation="tanh"), False,
      r"pal_config.json was changed after it was saved \(field content_sha256 does not match its content\)"),
 ])

@@ -13,7 +13,7 @@ from helpers import WORDS, randomize_adapters, toy_backbone, toy_tokenizer
 
 from pal_adapters import TaskConfig, add_pal
 from pal_adapters.cli import main
-from pal_adapters.cli_predict import predict_rows
+from pal_adapters.predict import predict_rows
 from pal_adapters.tasks import kind_of
 from pal_adapters.training.data import DynamicPaddingCollator, tokenize
 from pal_adapters.training.streams import TaskStream, collate, collate_mixed

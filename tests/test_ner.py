@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def test_label_converter_maps_names_and_ids():
     (True, [IGNORE_INDEX, ID["B-PER"], ID["B-MISC"], ID["I-MISC"], ID["I-MISC"], ID["B-LOC"], IGNORE_INDEX]),
 ])
 def test_word_split_into_three_subtokens_gets_one_label(tokenizer, label_all, expected):
-    kind = kind_of(ner_task(), label_all_subtokens=label_all)
+    kind = kind_of(dataclasses.replace(ner_task(), options={"label_all_subtokens": label_all}))
     batch = {"tokens": [["John", "unbelievable", "Paris"]], "tags": [[ID["B-PER"], ID["B-MISC"], ID["B-LOC"]]]}
     enc = kind.encode(batch, tokenizer, max_length=32)
     assert tokenizer.convert_ids_to_tokens(enc["input_ids"][0]) == [
@@ -179,7 +180,7 @@ def _one_hot_logits(rows: list[list[int]], length: int) -> torch.Tensor:
 
 
 def test_evaluation_is_word_level_first_subtoken_with_cut_words_predicted_o():
-    kind = kind_of(ner_task(), label_all_subtokens=True)
+    kind = kind_of(dataclasses.replace(ner_task(), options={"label_all_subtokens": True}))
     # Row 0: John unbelievable Paris; the 2nd and 3rd sub-tokens of "unbelievable" disagree (ignored).
     # Row 1: three words, the last cut off by max_length: predicted O, but its gold B-LOC still counts.
     logits = _one_hot_logits([[0, 1, 7, 0, 5, 5, 0], [0, 3, 4, 0]], 7)

@@ -226,7 +226,7 @@ def qa_model(tokenizer, seed: int = 0):
 
 
 def test_predict_returns_the_answer_and_its_span_over_all_windows(tokenizer):
-    kind = ExtractiveQAKind(TaskConfig(type="extractive_qa"), doc_stride=2, max_answer_length=4)
+    kind = ExtractiveQAKind(TaskConfig(type="extractive_qa", options={"doc_stride": 2, "max_answer_length": 4}))
     model = qa_model(tokenizer)
     rows = [{"question": "who", "context": CONTEXT}, {"question": "what is", "context": "india juliet kilo"}]
     inputs, context = kind.encode_for_predict(rows, tokenizer, max_length=9)
@@ -247,7 +247,7 @@ def test_predict_returns_the_answer_and_its_span_over_all_windows(tokenizer):
 
 
 def test_finish_scores_questions_not_windows(tokenizer):
-    kind = ExtractiveQAKind(TaskConfig(type="extractive_qa"), doc_stride=2)
+    kind = ExtractiveQAKind(TaskConfig(type="extractive_qa", options={"doc_stride": 2}))
     batch = {k: v + v2 for (k, v), v2 in zip(qa_batch("who", CONTEXT, "golf hotel", "a").items(),
                                             qa_batch("who", "kilo lima", "lima", "b").values(), strict=True)}
     w = kind.encode(batch, tokenizer, max_length=9)
@@ -273,7 +273,7 @@ def test_loss_is_mean_start_end_cross_entropy_and_checks_labels():
     with pytest.raises(ValueError, match=r"expected \(3, 2\)"):
         kind.loss(logits, labels[:2])
     with pytest.raises(ValueError, match="doc_stride=0"):
-        ExtractiveQAKind(TaskConfig(type="extractive_qa"), doc_stride=0)
+        ExtractiveQAKind(TaskConfig(type="extractive_qa", options={"doc_stride": 0}))
 
 
 def test_saved_qa_task_loads_with_identical_logits(tokenizer, tmp_path):
@@ -372,7 +372,7 @@ def test_qa_rows_of_a_mixed_batch_equal_a_qa_only_forward(tokenizer):
     model = qa_model(tokenizer)
     model.add_task("cls", TaskConfig(num_labels=3))
     randomize_adapters(model, seed=5)
-    kind = ExtractiveQAKind(TaskConfig(type="extractive_qa"), doc_stride=2)
+    kind = ExtractiveQAKind(TaskConfig(type="extractive_qa", options={"doc_stride": 2}))
     inputs, _ = kind.encode_for_predict([{"question": "who", "context": CONTEXT}], tokenizer, max_length=9)
     others = tokenizer(["alpha bravo", "kilo lima india"], padding="max_length", max_length=9, return_tensors="pt")
     batch = {k: torch.cat([inputs[k][:2], others[k], inputs[k][2:]]) for k in inputs}  # qa, qa, cls, cls, qa, qa

@@ -48,9 +48,9 @@ def get_kind(name: Any) -> type[TaskKind]:
     return TASK_KINDS[name]
 
 
-def kind_of(task: TaskConfig, **options: Any) -> TaskKind:
-    """The kind object of a task (``options``: the kind's options, see ``TaskKind.options``)."""
-    return get_kind(task.type)(task, **options)
+def kind_of(task: TaskConfig) -> TaskKind:
+    """The kind object of a task, with the task's own options (``TaskConfig.options``)."""
+    return get_kind(task.type)(task)
 
 
 __all__ = ["IGNORE_INDEX", "TASK_KINDS", "TaskKind", "get_kind", "kind_of", "register_kind"]

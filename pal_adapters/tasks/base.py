@@ -50,8 +50,11 @@ Conventions every kind keeps:
   what it needs from ``encode`` in extra columns; collators hand extra columns to the batch as
   Python lists, in row order).
 - Per-kind options (e.g. QA ``doc_stride``, NER ``label_all_subtokens``) are declared in
-  ``options`` with their defaults; a task definition's ``options:`` mapping overrides them and
-  unknown names are an error. They reach the kind as ``self.options``.
+  ``options`` with their defaults; the task's own ``TaskConfig.options`` (saved with the model)
+  override them and unknown names are an error. They reach the kind as ``self.options``, so
+  training, ``eval``, ``predict`` and the server build the same kind from the task alone.
+- ``input_forms``: the input rows ``predict`` may give the kind (``rows.py``); ``input_problem``
+  says why a row cannot be read, naming the field.
 - ``group_size`` consecutive rows form one unit that batching never splits (ranking: one query's
   candidates; every other kind: 1).
 """
@@ -65,6 +68,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor
+
+from .rows import describe_forms, form_of, row_problem
 
 if TYPE_CHECKING:  # config.py imports the registry lazily; importing it here would be circular
     from ..config import TaskConfig
@@ -92,6 +97,7 @@ class TaskKind:
         default_metrics: used when a task definition names none (and it is no GLUE task).
         distillable: teachers' outputs can be soft targets (``teacher_targets``) for this kind.
         options: kind-specific options and their defaults (see the module docstring).
+        input_forms: the forms of input row (``rows.INPUT_FORMS``) this kind can read.
     """
 
     name: ClassVar[str] = ""
@@ -103,22 +109,24 @@ class TaskKind:
     default_metrics: ClassVar[tuple[str, ...]] = ()
     distillable: ClassVar[bool] = False
     options: Mapping[str, Any] = MappingProxyType({})
+    input_forms: ClassVar[tuple[str, ...]] = ("text", "pair")
 
-    def __init__(self, task: TaskConfig, **options: Any):
+    def __init__(self, task: TaskConfig):
+        """The kind of ``task``, with the task's ``options`` over the kind's defaults."""
         self.task = task
-        unknown = sorted(set(options) - set(type(self).options))
+        unknown = sorted(set(task.options) - set(type(self).options))
         if unknown:
             raise ValueError(f"options {unknown} are not known to task type {self.name!r}; "
                              f"valid options: {sorted(type(self).options) or 'none'}")
-        self.options = MappingProxyType({**type(self).options, **options})
+        self.options = MappingProxyType({**type(self).options, **task.options})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_labels={self.task.num_labels}, options={dict(self.options)})"
 
     def __reduce__(self) -> tuple:
-        # A mappingproxy cannot be pickled or deep-copied; a kind is rebuilt from its task and options,
-        # so models holding kinds (heads) survive copy.deepcopy and pickle.
-        return _rebuild_kind, (type(self), self.task, dict(self.options))
+        # A mappingproxy cannot be pickled or deep-copied; a kind is rebuilt from its task (which
+        # holds its options), so models holding kinds (heads) survive copy.deepcopy and pickle.
+        return type(self), (self.task,)
 
     # ---- configuration (called from TaskConfig.__post_init__) ----------------------------------
     @classmethod
@@ -211,6 +219,21 @@ class TaskKind:
         return {n: float(self.metrics[n](predictions, references)) for n in names}
 
     # ---- predict -------------------------------------------------------------------------------
+    def input_problem(self, row: Any) -> str | None:
+        """Why this task cannot read the input ``row`` (one line naming the field), or None.
+
+        A row no task can read (blank, not a string, ...: ``rows.row_problem``), or one in a form
+        the task does not read: a pair for a task trained on single texts, a text for QA, ...
+        """
+        problem = row_problem(row)
+        if problem:
+            return problem
+        wanted = (self.task.inputs,) if self.task.inputs else self.input_forms
+        if form_of(row) not in wanted:
+            return (f"task type {self.name!r} reads {describe_forms(wanted)}; this input is "
+                    f"{describe_forms((form_of(row),))}")
+        return None
+
     def encode_for_predict(self, rows: Sequence[Mapping[str, Any]], tokenizer: Any,
                            max_length: int) -> tuple[dict[str, Tensor], Any]:
         """Input rows (``{"text": ..., "text_b": ...}``; QA: ``question``/``context``) -> padded
@@ -285,7 +308,3 @@ def distillable_names() -> list[str]:
     from . import TASK_KINDS  # the registry imports this module
 
     return sorted(name for name, cls in TASK_KINDS.items() if cls.distillable)
-
-
-def _rebuild_kind(cls: type[TaskKind], task: TaskConfig, options: dict[str, Any]) -> TaskKind:
-    return cls(task, **options)

@@ -12,7 +12,7 @@ logits with its offsets; ``finish`` picks every question's best span over all of
 the kind's ``exact_match``/``f1`` metrics are those percentages / 100 (fractions, like every other
 metric here).
 
-Options (a task definition's ``options:``): ``doc_stride`` (tokens shared by consecutive windows,
+Options (``TaskConfig.options``, a task definition's ``options:``, saved with the model): ``doc_stride`` (tokens shared by consecutive windows,
 128), ``n_best`` (start and end candidates per window, 20), ``max_answer_length`` (tokens, 30).
 """
 
@@ -66,9 +66,10 @@ class ExtractiveQAKind(TaskKind):
     metrics = MappingProxyType({"exact_match": _exact_match, "f1": _f1})
     default_metrics = ("exact_match", "f1")
     options = MappingProxyType({"doc_stride": 128, "n_best": 20, "max_answer_length": 30})
+    input_forms = ("question_context",)
 
-    def __init__(self, task: Any, **options: Any):
-        super().__init__(task, **options)
+    def __init__(self, task: Any):
+        super().__init__(task)
         for name in ("doc_stride", "n_best", "max_answer_length"):
             value = self.options[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

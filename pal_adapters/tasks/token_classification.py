@@ -129,6 +129,12 @@ class TokenClassificationKind(TaskKind):
     })
     default_metrics = ("f1", "precision", "recall", "accuracy")
     options = MappingProxyType({"label_all_subtokens": False})
+    input_forms = ("text",)
+
+    def __init__(self, task: Any):
+        super().__init__(task)
+        if not isinstance(self.options["label_all_subtokens"], bool):
+            raise ValueError(f"label_all_subtokens={self.options['label_all_subtokens']!r} must be true or false")
 
     # ---- names -----------------------------------------------------------------------------
     @property

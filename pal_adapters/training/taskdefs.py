@@ -1,8 +1,9 @@
 """Task definitions: what a task is, where its data lives and how it is scored (MT-DNN's task_def.yml).
 
-Owns ``TaskDef`` (a task's head config, data source, metrics, length, label map and kind options,
-cross-checked) and ``load_task_defs``, which reads and validates the YAML (or dict) form below.
-The ``data:`` mapping itself is a ``DataSource``, owned by ``sources.py``.
+Owns ``TaskDef`` (a task's config — head, kind options, length, input form, all saved with the
+model — plus its data source, metrics and label map, cross-checked) and ``load_task_defs``, which
+reads and validates the YAML (or dict) form below. The ``data:`` mapping itself is a ``DataSource``,
+owned by ``sources.py``.
 
 A YAML file (or an equivalent dict) holds one flat mapping per task::
 
@@ -11,6 +12,7 @@ A YAML file (or an equivalent dict) holds one flat mapping per task::
     tasks:
       rte:
         type: classification           # TaskConfig fields: type num_labels labels dropout pooling adapter
+                                       #   options max_length inputs (saved with the model)
         num_labels: 2
         labels: [entailment, not_entailment]   # index = class id; gives label_map by default
         label_map: {entailment: 0, not_entailment: 1}   # optional: raw label string -> class id
@@ -35,7 +37,7 @@ from typing import Any
 import yaml
 
 from ..config import TaskConfig
-from ..tasks import TaskKind, get_kind
+from ..tasks import TaskKind, kind_of
 from ..tasks.classification import ClassificationKind
 from ..tasks.regression import RegressionKind
 from .metrics import GLUE_TASK_METRICS
@@ -44,34 +46,30 @@ from .sources import FILE_KINDS, DataSource, GlueLayout
 
 @dataclass(frozen=True)
 class TaskDef:
-    """One task: its head config, data, metrics, maximum length, label mapping and kind options.
+    """One task: its config (saved with the model), data, metrics and label mapping.
 
+    The task's kind options, maximum length and input form are fields of ``task`` (``TaskConfig``),
+    so what is saved is what training used. ``task.inputs`` is set from the data's text columns
+    (one: ``"text"``, two: ``"pair"``) when the definition does not give it.
     ``label_map`` maps raw label strings to class ids. It defaults to ``task.labels`` (index = id),
     then to the GLUE layout's hub label order; numeric labels ("0", "1", 2) need no entry.
     ``metrics`` default to a GLUE task's official ones, else to the kind's ``default_metrics``.
-    ``options`` are the kind's options (``TaskKind.options``); ``kind`` is the task's kind object.
+    ``kind`` is the task's kind object.
     """
 
     name: str
     task: TaskConfig
     data: DataSource
     metrics: tuple[str, ...] = ()
-    max_length: int = 128
     label_map: dict[str, int] = field(default_factory=dict, hash=False)
-    options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         layout = self.data.glue_layout
-        if not isinstance(self.options, Mapping):
-            raise ValueError(f"options={self.options!r} must be a mapping of option name -> value")
-        object.__setattr__(self, "options", dict(self.options))
-        get_kind(self.task.type)(self.task, **self.options)  # unknown options raise here, naming the valid ones
+        object.__setattr__(self, "task", _with_inputs(self.task, self.data))
         metrics = tuple(self.metrics) or GLUE_TASK_METRICS.get(self.data.glue_task or "", ())
         metrics = metrics or self.kind.default_metrics
         object.__setattr__(self, "metrics", metrics)
         _check_metrics(self.kind, metrics)
-        if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 2:
-            raise ValueError(f"max_length={self.max_length!r} must be an integer >= 2")
         if layout is not None:
             _check_glue_fit(self.task, layout)
         label_map = dict(self.label_map)
@@ -94,9 +92,14 @@ class TaskDef:
 
     @property
     def kind(self) -> TaskKind:
-        """The task's kind, with this definition's ``options`` (a new, stateless object each time:
-        not stored, so the fields are all of a definition and ``TaskDef(**vars(d))`` rebuilds it)."""
-        return get_kind(self.task.type)(self.task, **self.options)
+        """The task's kind, with the task's ``options`` (a new, stateless object each time: not
+        stored, so the fields are all of a definition and ``TaskDef(**vars(d))`` rebuilds it)."""
+        return kind_of(self.task)
+
+    @property
+    def max_length(self) -> int:
+        """The task's token limit (``task.max_length``)."""
+        return self.task.max_length
 
     @property
     def eval_only(self) -> bool:
@@ -109,11 +112,22 @@ class TaskDef:
         data = dataclasses.asdict(self.data) | {"text_columns": list(self.data.text_columns)}
         if self.data.kind == "glue_tsv":  # implied by glue_task
             del data["text_columns"], data["label_column"]
-        d.update(metrics=list(self.metrics), max_length=self.max_length, label_map=dict(self.label_map))
-        if self.options:
-            d["options"] = dict(self.options)
-        d["data"] = data
+        d.update(metrics=list(self.metrics), label_map=dict(self.label_map), data=data)
+        if not d.get("options"):
+            d.pop("options", None)
         return d
+
+
+def _with_inputs(task: TaskConfig, data: DataSource) -> TaskConfig:
+    """``task`` with ``inputs`` read from the data's text columns, unless the kind fixes it (QA,
+    NER); a definition's own ``inputs`` must agree with its data."""
+    if len(kind_of(task).input_forms) == 1 or not data.text_columns:
+        return task
+    found = "pair" if len(data.text_columns) == 2 else "text"
+    if task.inputs not in (None, found):
+        raise ValueError(f"inputs={task.inputs!r} disagrees with the data's text columns "
+                         f"{list(data.text_columns)}, which make inputs={found!r}")
+    return dataclasses.replace(task, inputs=found)
 
 
 def _check_metrics(kind: TaskKind, metrics: tuple[str, ...]) -> None:
@@ -134,7 +148,7 @@ def _check_glue_fit(task: TaskConfig, layout: GlueLayout) -> None:
 
 
 TOP_LEVEL_FIELDS = ("tasks", "data_dir", "max_length")
-TASKDEF_FIELDS = ("metrics", "data", "max_length", "label_map", "options")
+TASKDEF_FIELDS = ("metrics", "data", "label_map")
 TASKCONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig))
 
 
@@ -197,11 +211,10 @@ def _parse_task(name: str, spec: Any, root: Path, max_length: Any) -> TaskDef:
     if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
         raise ValueError(f"{where}: metrics={metrics!r} must be a list, e.g. [accuracy]")
     try:
-        task = TaskConfig(**{k: spec[k] for k in TASKCONFIG_FIELDS if k in spec})
+        fields = {k: spec[k] for k in TASKCONFIG_FIELDS if k in spec}
+        task = TaskConfig(**{"max_length": max_length, **fields, "options": spec.get("options") or {}})
         label_map = dict(spec.get("label_map") or {})
-        return TaskDef(name=name, task=task, data=source, metrics=tuple(metrics),
-                       max_length=spec.get("max_length", max_length), label_map=label_map,
-                       options=spec.get("options") or {})
+        return TaskDef(name=name, task=task, data=source, metrics=tuple(metrics), label_map=label_map)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: {e}") from None
 
