@@ -61,6 +61,8 @@ class ProjectedSelfAttention(nn.Module):
         """``(B, T, 3·d_s)`` -> q, k, v views of ``(B, heads, T, d_s/heads)`` (two ops, no copy)."""
         b, t, three_d = qkv.shape
         d, hd = three_d // 3, three_d // 3 // self.num_heads
+        if _tracing():  # a graph (ONNX, torch.export) has no strides: say it with portable view ops
+            return qkv.unflatten(-1, (3, self.num_heads, hd)).permute(2, 0, 3, 1, 4).unbind(0)
         if not qkv.is_contiguous():  # a linear's output always is; anything else is made so
             qkv = qkv.contiguous()
         # The same view as .unflatten(-1, (3, heads, hd)).permute(2, 0, 3, 1, 4), in one op.
@@ -71,7 +73,7 @@ class ProjectedSelfAttention(nn.Module):
         """``(B, heads, T, hd) -> (B, T, heads·hd)``: a view when SDPA wrote heads next to each
         other in memory (its CPU flash kernel and the GPU kernels do), else transpose + copy."""
         b, h, t, hd = ctx.shape
-        if ctx.stride(3) == 1 and ctx.stride(1) == hd and ctx.stride(2) == h * hd:
+        if not _tracing() and ctx.stride(3) == 1 and ctx.stride(1) == hd and ctx.stride(2) == h * hd:
             return ctx.as_strided((b, t, h * hd), (ctx.stride(0), h * hd, 1))
         return ctx.transpose(1, 2).reshape(b, t, h * hd)
 
@@ -80,6 +82,12 @@ class ProjectedSelfAttention(nn.Module):
         q, k, v = self._split_heads(self.qkv(x))
         p = self.dropout if self.training else 0.0
         return self._merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p))
+
+
+def _tracing() -> bool:
+    """Whether a graph is being captured (``torch.export``, the ONNX exporters, ``jit.trace``): its
+    runtime chooses its own memory layout, so ``as_strided`` over the eager kernels' strides is wrong."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def fuse_legacy_qkv(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,140 @@
+"""ONNX export of one task, or of all tasks at once, with the task definitions beside the graph.
+
+``export_task(model, "ner", "ner.onnx")`` writes one graph: the backbone, that task's adapters
+and its head, with dynamic batch and sequence axes; output ``logits``. ``export_all_tasks(model,
+"all.onnx")`` writes the ``predict_all`` graph: one set of inputs, one output per task, named by
+the task, the layers below the lowest adapted depth computed once. Beside either graph,
+``<name>.json`` (a ``GraphCard``) records its inputs, which output is which task's, and every
+task's ``TaskConfig`` (kind, labels, options, max_length, ...), which is all that ONNX Runtime
+needs besides a tokenizer to give ``predict``'s answers (``runtime.py``).
+
+Exporters: ``"torchscript"`` (the default) traces the model's own forward and exports every
+supported family in one or two seconds; ``"dynamo"`` (``torch.export``) gives the same graph
+in 10-30 s. Both were checked against PyTorch on the nine families of ``tests/helpers.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..model import MultiTaskModel, inference
+from .graphs import AllTasksGraph, TaskGraph, example_inputs, graph_inputs
+
+Exporter = Literal["torchscript", "dynamo"]
+CARD_FORMAT, CARD_VERSION = "pal_adapters.onnx", 1
+AXES = {0: "batch", 1: "sequence"}
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class GraphCard:
+    """What the JSON beside a graph holds. ``outputs``: task -> the graph output with its logits."""
+
+    graph: str  # the .onnx file's name, in the card's folder
+    inputs: list[str]
+    outputs: dict[str, str]
+    tasks: dict[str, dict[str, Any]]  # task -> TaskConfig.to_dict()
+    all_tasks: bool
+    base_model: str | None = None
+    exporter: str = "torchscript"
+    opset: int = DEFAULT_OPSET
+    format: str = CARD_FORMAT
+    version: int = CARD_VERSION
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def write(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> GraphCard:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
+            raise ValueError(f"{path} is not a pal_adapters graph card (format {CARD_FORMAT!r})")
+        if data.get("version") != CARD_VERSION:
+            raise ValueError(f"{path}: card version {data.get('version')!r}; this pal_adapters reads {CARD_VERSION}")
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def card_path(graph: str | Path) -> Path:
+    """``out/ner.onnx`` -> ``out/ner.json``."""
+    return Path(graph).with_suffix(".json")
+
+
+def export_task(model: MultiTaskModel, task: str, path: str | Path, *, exporter: Exporter = "torchscript",
+                opset: int = DEFAULT_OPSET) -> GraphCard:
+    """One task's graph at ``path`` (output ``logits``) and its card beside it."""
+    names = graph_inputs(model)
+    return _write(model, TaskGraph(model, task, names), Path(path), names, {task: "logits"}, exporter, opset)
+
+
+def export_all_tasks(model: MultiTaskModel, path: str | Path, tasks: Sequence[str] | None = None, *,
+                     exporter: Exporter = "torchscript", opset: int = DEFAULT_OPSET) -> GraphCard:
+    """The ``predict_all`` graph of ``tasks`` (default: all) at ``path``: one output per task."""
+    if isinstance(tasks, str):
+        raise TypeError(f"tasks={tasks!r} is one string; pass a list of task names")
+    tasks = list(tasks) if tasks is not None else model.task_names
+    if not tasks:
+        raise ValueError(f"no tasks to export; this model's tasks: {model.task_names}")
+    names = graph_inputs(model)
+    outputs = {t: t for t in tasks}
+    return _write(model, AllTasksGraph(model, tasks, names), Path(path), names, outputs, exporter, opset)
+
+
+def _write(model: MultiTaskModel, graph: nn.Module, path: Path, names: tuple[str, ...], outputs: dict[str, str],
+           exporter: Exporter, opset: int) -> GraphCard:
+    if path.suffix != ".onnx":
+        raise ValueError(f"output path {str(path)!r} must end in .onnx (the task card goes beside it as .json)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with inference(model):
+        _export(graph, example_inputs(model, names), path, names, list(outputs.values()), exporter, opset)
+    card = GraphCard(graph=path.name, inputs=list(names), outputs=outputs,
+                     tasks={t: model.tasks[t].to_dict() for t in outputs}, all_tasks=isinstance(graph, AllTasksGraph),
+                     base_model=getattr(model.config, "name_or_path", None) or None, exporter=exporter, opset=opset,
+                     versions=_versions())
+    card.write(card_path(path))
+    return card
+
+
+def _export(graph: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: tuple[str, ...],
+            outputs: list[str], exporter: Exporter, opset: int) -> None:
+    """Run one exporter with batch and sequence dynamic on every input (and output)."""
+    if exporter not in ("torchscript", "dynamo"):
+        raise ValueError(f"exporter={exporter!r}; choose 'torchscript' or 'dynamo'")
+    graph.eval()
+    common = dict(input_names=list(names), output_names=outputs, opset_version=opset)
+    traced = graph(*args)
+    out_axes = {n: _output_axes(t) for n, t in zip(outputs, traced if isinstance(traced, tuple) else (traced,),
+                                                    strict=True)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks become constants
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")  # no negative indices here
+        if exporter == "torchscript":
+            torch.onnx.export(graph, args, str(path), dynamo=False, **common,
+                              dynamic_axes={**{n: AXES for n in names}, **out_axes})
+        else:
+            torch.onnx.export(graph, args, str(path), dynamo=True, verbose=False, **common,
+                              dynamic_shapes=tuple(AXES for _ in names))
+
+
+def _output_axes(logits: torch.Tensor) -> dict[int, str]:
+    """``(B, C)`` / ``(B,)``: the batch is dynamic; ``(B, T, C)`` (token-level kinds): T too."""
+    return AXES if logits.dim() == 3 else {0: AXES[0]}
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from .. import __version__
+
+    return {"pal_adapters": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
