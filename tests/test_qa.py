@@ -11,7 +11,7 @@ import torch
 from helpers import randomize_adapters, tiny_model, train_tiny_run
 from transformers import BertTokenizerFast
 
-from pal_adapters import TaskConfig, add_pal
+from pal_adapters import MultiTaskModel, TaskConfig, add_pal
 from pal_adapters.tasks.extractive_qa import ExtractiveQAKind
 from pal_adapters.tasks.qa_windows import answer_positions, best_spans, make_windows
 from pal_adapters.training.squad import (
@@ -403,3 +403,54 @@ def test_padding_is_out_of_play_so_the_loss_does_not_depend_on_it(tokenizer, mon
     assert (b.logits[:, t:] == torch.finfo(b.logits.dtype).min).all()
     assert torch.allclose(a.loss, b.loss, atol=1e-6)
     assert torch.allclose(unmasked.logits[:, :t], a.logits, atol=1e-5) and unmasked.loss > a.loss + 1e-4
+
+
+def test_qa_options_saved_with_the_model_give_the_same_windows_in_training_eval_and_predict(
+        tmp_path, tokenizer, monkeypatch, capsys):
+    """Trained with doc_stride 4 and max_length 16 (not the defaults 128/128): the saved task records
+    them, and training-time evaluation, ``eval`` (given a run file without them) and ``predict`` all
+    window with them — and answer alike."""
+    import yaml
+
+    import pal_adapters.tasks.extractive_qa as qa_module
+    from pal_adapters.cli import main
+    from pal_adapters.training.report import read_jsonl
+
+    calls = []
+    real = qa_module.make_windows
+    monkeypatch.setattr(qa_module, "make_windows", lambda b, tok, n, stride: calls.append((n, stride)) or
+                        real(b, tok, n, stride))
+    write_word_squad(tmp_path / "squad.json")
+    task = {"type": "extractive_qa", "max_length": 16, "options": {"doc_stride": 4},
+            "data": {"kind": "squad_json", "path": str(tmp_path), "train": "squad.json[0:3]", "dev": "squad.json[3:]"}}
+    train_tiny_run(tmp_path, tokenizer, {"qa": task}, batch_size=8)
+    assert calls and set(calls) == {(16, 4)}  # training's train and dev windows
+    saved = tmp_path / "out" / "last"
+    model = MultiTaskModel.from_pretrained(saved, backbone=tiny_model("bert", vocab_size=len(tokenizer))).eval()
+    assert model.tasks["qa"].options == {"doc_stride": 4} and model.tasks["qa"].max_length == 16
+
+    defaults = {k: v for k, v in task.items() if k not in ("max_length", "options")}  # the run file forgot them
+    run_file = tmp_path / "defaults.yaml"
+    run_file.write_text(yaml.safe_dump({"model": str(tmp_path / "base"), "adapter": "pal", "tasks": {"qa": defaults}}))
+    calls.clear()
+    capsys.readouterr()  # training's output
+    assert main(["eval", str(saved), str(run_file), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["qa"]
+    trained = [r for r in read_jsonl(tmp_path / "out" / "log.jsonl") if r["kind"] == "eval"][-1]["metrics"]["qa"]
+    assert set(calls) <= {(16, 4)}  # (nothing new to window when the training-time windows are cached)
+    assert evaluated == pytest.approx(trained, abs=1e-6)
+
+    row = {"question": "who golf", "context": " ".join(WORDS[:12] * 2)}  # long enough for several windows
+    calls.clear()
+    assert main(["predict", str(saved), "--task", "qa", "--question", row["question"],
+                 "--context", row["context"]]) == 0
+    got = json.loads(capsys.readouterr().out)["predictions"]["qa"]
+    assert set(calls) == {(16, 4)}
+    windows = real({"id": ["0"], **{k: [v] for k, v in row.items()}}, tokenizer, 16, 4)  # independent windows
+    assert len(windows["input_ids"]) > 1
+    inputs = tokenizer.pad({k: windows[k] for k in ("input_ids", "token_type_ids", "attention_mask")},
+                           return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs, task="qa").logits
+    want = model.heads["qa"].kind.describe(logits, windows | {"answers": [[]] * len(windows["input_ids"])})[0]
+    assert got == pytest.approx(want, abs=1e-5)
