@@ -174,6 +174,6 @@ def test_settings_refuse_bad_values_naming_them(tmp_path):
     for bad, name in (({"max_batch_size": 0}, "max_batch_size"), ({"max_wait_ms": -1}, "max_wait_ms"),
                       ({"port": 70000}, "port"), ({"host": "my host"}, "host"),
                       ({"admin_token": "short"}, "admin_token"),
-                      ({"task_root": tmp_path / "nope"}, "task_root"), ({"max_batch_tokens": 64}, "max_batch_tokens")):
+                      ({"task_root": tmp_path / "nope"}, "task_root"), ({"max_batch_tokens": 0}, "max_batch_tokens")):
         with pytest.raises(ValueError, match=name):
             ServeSettings(**bad)

@@ -16,8 +16,8 @@ import uvicorn
 from helpers import WORDS, randomize_adapters, toy_backbone, toy_tokenizer
 
 from pal_adapters import TaskConfig, add_pal
+from pal_adapters.predict import predict_rows
 from pal_adapters.serve import ServeSettings, create_app
-from pal_adapters.serve.predict_all import predict_rows
 from pal_adapters.serve.server import bind
 from pal_adapters.training.report import to_jsonable
 
@@ -54,8 +54,7 @@ def row_for(task: str, i: int) -> dict[str, str]:
 def expected(model: Any, tokenizer: Any, task: str, rows: list[dict[str, str]]) -> list:
     """What ``predict`` answers for each of ``rows`` and ``task`` (each row on its own, since
     ``predict`` batches only rows of the same form; the same rounding the server applies)."""
-    limit = getattr(model.tasks[task], "max_length", 128)  # the task's own limit, as the server uses
-    out = [predict_rows(model, tokenizer, [row], [task], max_length=limit)[0][0][task] for row in rows]
+    out = [predict_rows(model, tokenizer, [row], [task])[0][0][task] for row in rows]
     return to_jsonable(out)
 
 

@@ -43,7 +43,7 @@ class ServeState:
 
     def limit(self, task: str) -> int:
         entry = self.batcher.catalog[task]
-        return token_limit(entry.config, self.settings.max_length, self.batcher.model.input_limits.max_length)
+        return token_limit(entry.config, self.batcher.model.input_limits.max_length)
 
 
 def create_app(model: Any, tokenizer: Any, settings: ServeSettings | None = None,
@@ -140,7 +140,7 @@ def _add_routes(app: FastAPI, state: ServeState, tokenizer: Any, info: dict[str,
             limits = {t: state.limit(t) for t in batcher.catalog}
             await asyncio.to_thread(check_lengths, rows, batcher.catalog, tokenizer, limits)
         predictions, skipped = await batcher.call(
-            lambda model: predict_every_task(model, tokenizer, rows, settings.max_length),
+            lambda model: predict_every_task(model, tokenizer, rows),
             settings.request_timeout_s)
         return {"predictions": to_jsonable(predictions), "skipped": skipped}
 

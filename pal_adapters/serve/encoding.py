@@ -43,29 +43,15 @@ class Piece:
         return int(self.inputs["input_ids"].shape[1])
 
 
-def token_limit(task_config: Any, default: int, encoder_limit: int | None) -> int:
-    """The task's own ``max_length`` (or ``default``), never above what the encoder's positions allow."""
-    limit = getattr(task_config, "max_length", None) or default
+def token_limit(task_config: Any, encoder_limit: int | None) -> int:
+    """The task's own ``max_length``, never above what the encoder's positions allow."""
+    limit = task_config.max_length
     return min(limit, encoder_limit) if encoder_limit else limit
 
 
 def input_problem(kind: Any, row: Row) -> str | None:
-    """Why ``kind`` cannot read ``row`` (one line naming the field), or None.
-
-    The kind's own ``input_problem`` when it has one; the fallback states the same rules.
-    """
-    own = getattr(kind, "input_problem", None)
-    if callable(own):
-        return own(row)
-    if getattr(kind, "name", "") == "extractive_qa":
-        if "question" in row and "context" in row:
-            return None
-        return "an extractive QA task needs 'question' and 'context'"
-    if "text" not in row:
-        return f"a {kind.name} task needs 'text'; 'question' + 'context' are for extractive QA tasks"
-    if getattr(kind, "token_level", False) and "text_b" in row:
-        return f"a {kind.name} task tags the words of one text; 'text_b' makes a pair"
-    return None
+    """Why ``kind`` cannot read ``row`` (one line naming the field), or None: the kind's own rule."""
+    return kind.input_problem(row)
 
 
 def check_rows(task: str, kind: Any, rows: Sequence[Row], where: str = "inputs") -> None:

@@ -10,24 +10,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..predict import predict_rows
 from .encoding import _runs, input_problem
 from .errors import ServeError
 from .payload import Row
 
-try:  # the core module; before it existed predict_rows lived in the CLI's module
-    from ..predict import predict_rows
-except ImportError:  # pragma: no cover
-    from ..cli_predict import predict_rows
 
-
-def predict_every_task(model: Any, tokenizer: Any, rows: Sequence[Row],
-                       max_length: int | None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """``([{task: prediction}], [{task: why skipped}])``, one entry per row, in order."""
+def predict_every_task(model: Any, tokenizer: Any,
+                       rows: Sequence[Row]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """``([{task: prediction}], [{task: why skipped}])``, one entry per row, in order; 422 naming
+    the first input no task can read. Each task encodes with its own ``max_length``."""
     predictions: list[dict[str, Any]] = [{} for _ in rows]
     skipped: list[dict[str, str]] = [{} for _ in rows]
     for positions in _runs(rows):
         chunk = [rows[i] for i in positions]
-        out, why = predict_rows(model, tokenizer, chunk, None, max_length=max_length)
+        try:
+            out, why = predict_rows(model, tokenizer, chunk, None)
+        except ValueError as err:  # no task reads these rows
+            raise ServeError(422, f"inputs[{positions[0]}]: {err}", field=f"inputs[{positions[0]}]") from None
         for i, row_predictions in zip(positions, out, strict=True):
             predictions[i], skipped[i] = row_predictions, dict(why)
     return predictions, skipped

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MAX_LENGTH = 128  # what ``pal-adapters predict`` truncates to when a task names no max_length
-
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -32,8 +30,7 @@ class ServeSettings:
         max_inputs: inputs one request may hold (413 above).
         max_body_bytes: request body size (413 above).
         request_timeout_s: a request not answered by then gets 504.
-        max_length: token limit of a task that names none (the task's ``max_length`` wins).
-        truncate: cut inputs over the limit to it (as ``predict`` does) instead of answering 413;
+        truncate: cut inputs over a task's ``max_length`` to it (as ``predict`` does) instead of answering 413;
             a request's ``"truncate"`` field overrides it.
         batching: off = one request per forward (for comparison in benchmarks/serve.py).
         admin_token: the token admin routes need (``Authorization: Bearer <token>``); None = no
@@ -51,7 +48,6 @@ class ServeSettings:
     max_inputs: int = 64
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 30.0
-    max_length: int = DEFAULT_MAX_LENGTH
     truncate: bool = False
     batching: bool = True
     admin_token: str | None = None
@@ -60,7 +56,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_inputs", "max_body_bytes",
-                     "max_length", "retry_after_s"):
+                     "retry_after_s"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("port", self.port, low=0, high=65535)
         for name in ("max_wait_ms", "request_timeout_s"):
@@ -69,9 +65,6 @@ class ServeSettings:
                 raise ValueError(f"{name}={value!r} must be a number >= 0")
         if self.request_timeout_s == 0:
             raise ValueError("request_timeout_s=0 would time every request out; give a number > 0")
-        if self.max_batch_tokens < self.max_length:
-            raise ValueError(f"max_batch_tokens={self.max_batch_tokens} is below max_length={self.max_length}: "
-                             "one input of the longest allowed length would never fit a batch")
         _check_host(self.host)
         if self.admin_token is not None and len(self.admin_token.strip()) < 16:
             raise ValueError("admin_token must hold at least 16 non-blank characters (got "
