@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install --quiet torch==2.13.0      # the CPU wheel first, so nothing pulls a CUDA build
 python3 -m pip install --quiet -e ".[demo]"
+# Training runs one torch thread per CPU this process may use (affinity and cgroup quota; never more):
+# set OMP_NUM_THREADS or pass --set num_threads=N to choose. Peak memory: about 2 GB (SQuAD's windows).
 pal-adapters train examples/glue_ner_qa.yaml "$@"
 
 echo; echo "== every task's answer for one sentence (tasks that need a question are listed as skipped) =="

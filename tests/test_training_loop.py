@@ -145,3 +145,13 @@ def test_regression_head_starts_at_the_mean_training_label(task_defs, tmp_path, 
     assert t.model.heads["length"].out.bias.item() == pytest.approx(expected, rel=1e-6)
     for name in ("sentiment", "animal"):  # classification heads keep their zero bias
         assert torch.count_nonzero(t.model.heads[name].out.bias) == 0
+
+
+def test_the_trainer_sets_its_thread_count_from_the_run(task_defs, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        trainer(task_defs, tmp_path, num_threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

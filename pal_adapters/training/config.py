@@ -55,6 +55,8 @@ class TrainConfig:
             ``alpha``).
         init_heads_from_labels: before step 0, let each task's kind initialise its new head from
             the training labels (regression: bias = mean label; ``TaskKind.init_head``).
+        num_threads: torch's CPU threads per process; 0 = ``OMP_NUM_THREADS`` if set, else at
+            most this process's share of the CPUs it may use (affinity, cgroup quota).
     """
 
     model: str = "minilm"
@@ -86,12 +88,13 @@ class TrainConfig:
     seed: int = 42
     distill: dict[str, Any] = field(default_factory=dict)
     init_heads_from_labels: bool = True
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "training")  # types (and Literal choices) first: the range checks compare numbers
         at_least = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "log_every": 1, "steps_per_epoch": 1,
                     "max_steps": 1, "eval_every": 0, "checkpoint_every": 0, "max_train_examples": 0,
-                    "max_eval_examples": 0, "seed": 0}
+                    "max_eval_examples": 0, "seed": 0, "num_threads": 0}
         for name, low in at_least.items():
             value = getattr(self, name)
             if value is not None and value < low:

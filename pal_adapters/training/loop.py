@@ -34,6 +34,7 @@ from .distributed import all_reduce_gradients
 from .evaluate import combined_score, evaluate
 from .losses import LossWeighting
 from .report import JsonlLogger, format_eval_table, plot_training_curves, read_jsonl, truncate_log
+from .resources import configure_threads, return_freed_memory
 from .sampling import SamplingConfig, TaskSampler
 from .setup import TaskData, build_optimizer, build_schedule, dev_loaders, load_backbone, prepare_data
 from .streams import TaskStream, collate, collate_mixed, mixed_counts, shard
@@ -63,6 +64,8 @@ class MultiTaskTrainer:
     def __init__(self, config: TrainConfig, task_defs: dict[str, TaskDef], *, backbone=None, tokenizer=None,
                  accelerator: Accelerator | None = None, cache_dir: str | None = None):
         self.config = config
+        configure_threads(config.num_threads)  # no more threads than cores: oversubscribed steps are slower
+        return_freed_memory()  # each step's activations go back to the system (resources.py)
         self.accelerator = accelerator or make_accelerator(config)
         set_seed(config.seed)
         if backbone is None:
