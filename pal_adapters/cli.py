@@ -256,13 +256,27 @@ def _add_inspect(sub) -> None:
     p.set_defaults(func=cmd_inspect)
 
 
+def _add_serve(sub) -> None:
+    from .serve.cli import add_arguments  # argparse and the settings dataclass only: no torch, no FastAPI
+
+    p = sub.add_parser("serve", help="serve every task of a saved model over HTTP (the serve extra)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.cli import cmd_serve as serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pal-adapters", description="Multi-task adapters for HF encoders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (and dataset progress bars)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--version", action="version", version=f"pal-adapters {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_predict, _add_inspect):
+    for add in (_add_train, _add_eval, _add_predict, _add_inspect, _add_serve):
         add(sub)
     return parser
 
@@ -286,7 +300,7 @@ def quiet_libraries(command: str) -> None:
         import datasets
 
         datasets.disable_progress_bars()
-    if command in ("train", "eval", "predict"):
+    if command in ("train", "eval", "predict", "serve"):
         import transformers
 
         transformers.utils.logging.disable_progress_bar()

@@ -185,9 +185,10 @@ def saved_model(tmp_path_factory) -> Path:
 
 
 def start_server(model_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """``python -m pal_adapters.serve DIR --port 0 ...``; returns it and its base URL (bounded wait)."""
+    """``pal-adapters serve DIR --port 0 ...`` (as ``python -m pal_adapters.cli``); returns it and its base
+    URL (bounded wait). No --host: the default must be 127.0.0.1."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "pal_adapters.serve", str(model_dir), "--port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "pal_adapters.cli", "serve", str(model_dir), "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)

@@ -49,8 +49,11 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load ``args.model_dir`` and serve it until SIGTERM (exit 0 after draining)."""
-    from .app import create_app
-    from .server import run
+    try:
+        from .app import create_app
+        from .server import run
+    except ImportError as err:
+        raise ImportError(f"pal-adapters serve needs the serve extra ({err}): pip install 'pal-adapters[serve]'") from err
 
     settings = settings_from(args)  # bad limits fail before the model loads
     model, tokenizer = load_model(args.model_dir, args.model, args.device)
