@@ -17,13 +17,16 @@ from typing import Any
 from .settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
+EXTRA = ("fastapi", "starlette", "uvicorn", "prometheus_client")  # what the serve extra installs
 
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
         try:
             from .app import create_app
-        except ImportError as err:
+        except ModuleNotFoundError as err:
+            if err.name not in EXTRA:
+                raise
             raise ImportError(f"the server needs the serve extra ({err}): pip install 'pal-adapters[serve]'") from err
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,8 +52,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .app import create_app
         from .server import run
-    except ImportError as err:
-        raise ImportError(f"pal-adapters serve needs the serve extra ({err}): pip install 'pal-adapters[serve]'") from err
+    except ModuleNotFoundError as err:
+        if err.name not in ("fastapi", "starlette", "uvicorn", "prometheus_client"):
+            raise
+        raise ImportError(f"pal-adapters serve needs the serve extra ({err}): "
+                          "pip install 'pal-adapters[serve]'") from err
 
     settings = settings_from(args)  # bad limits fail before the model loads
     model, tokenizer = load_model(args.model_dir, args.model, args.device)
