@@ -44,11 +44,11 @@ def adapter_summary(adapter: dict[str, Any], base: dict[str, Any]) -> dict[str, 
     try:
         config = AdapterConfig.from_dict(adapter)
         layers = list(config.resolved_layers(int(base["num_layers"])))
-        d_s = config.resolved_hidden_size(int(base["hidden_size"])) if config.has_ts else None
+        shown = config.method.summary(config, int(base["hidden_size"]))  # d_s and the method's own fields
     except (KeyError, TypeError, ValueError) as err:
         raise AdapterLoadError(f"invalid adapter config {adapter!r}: {err}") from err
     return {"method": config.kind, "lhuc": config.uses_lhuc, "placement": config.placement, "layers": layers,
-            "d_s": d_s, "num_heads": config.num_heads if config.kind == "pal" else None}
+            **shown}
 
 
 def describe_task(folder: Path, base: dict[str, Any]) -> dict[str, Any]:

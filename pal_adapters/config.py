@@ -16,16 +16,12 @@ from typing import Any, Literal, get_args
 
 from .validation import FieldTypeError, check_fields, check_type
 
-Kind = Literal["pal", "low_rank", "pal_ffn", "lhuc"]
+Kind = str  # a key of pal_adapters.adapters.methods.ADAPTER_METHODS (pal, low_rank, pal_ffn, lhuc, ...)
 Placement = Literal["parallel", "serial"]
 LayerSpec = Literal["all", "top_half", "bottom_half"]
 Activation = Literal["gelu", "relu", "tanh", "identity"]
 TaskType = str  # a key of pal_adapters.tasks.TASK_KINDS (the registry of task kinds)
 Pooling = Literal["cls", "pooler", "mean"]
-
-# d_s relative to d_m, as in the paper: PAL 204 at 768, low-rank 100 at 768.
-PAL_SIZE_RATIO = 204 / 768
-LOW_RANK_SIZE_RATIO = 100 / 768
 
 
 def from_fields(cls: type, d: Mapping[str, Any], what: str, complete: bool = False) -> Any:
@@ -75,18 +71,19 @@ class AdapterConfig:
     """How task-specific functions TS(h) = V^D g(V^E h) are built and where they go.
 
     Attributes:
-        kind: ``"pal"`` (g = multi-head attention in d_s, V^E/V^D shared across layers),
-            ``"low_rank"`` (g = ``activation``, V^E/V^D per layer), ``"pal_ffn"`` (g = a small
-            feed-forward net in d_s, V^E/V^D shared), or ``"lhuc"`` (no TS: the layer output is
-            scaled by ``2·sigmoid(θ)``).
+        kind: the adapter method, a key of ``adapters.methods.ADAPTER_METHODS``: ``"pal"`` (g =
+            multi-head attention in d_s, V^E/V^D shared across layers), ``"low_rank"`` (g =
+            ``activation``, V^E/V^D per layer), ``"pal_ffn"`` (g = a small feed-forward net in
+            d_s, V^E/V^D shared), ``"lhuc"`` (no TS: the layer output is scaled by
+            ``2·sigmoid(θ)``), or a method registered with ``register_method``.
         lhuc: also learn an LHUC vector per layer that scales TS(h) (the paper's "+LHUC"). Implied
             by ``kind="lhuc"``.
         placement: ``"parallel"`` adds TS(layer input) to the residual sum feeding the layer's
             last normalisation (pre-LN layers: to the layer output); ``"serial"`` maps the layer
             output ``h -> h + TS(h)``. LHUC alone scales the layer output in both placements.
         layers: ``"all"``, ``"top_half"``, ``"bottom_half"`` or explicit depth indices.
-        hidden_size: d_s. ``None`` derives it from d_m (PAL: 0.266·d_m rounded to a multiple of
-            ``num_heads``; low-rank: 0.13·d_m).
+        hidden_size: d_s. ``None`` derives it from d_m by the method's rule (PAL: 0.266·d_m
+            rounded to a multiple of ``num_heads``, 204 at 768; low-rank: 0.13·d_m, 100 at 768).
         num_heads: attention heads of a PAL (the reference code uses 6).
         activation: g for ``low_rank`` and the hidden activation of ``pal_ffn``.
         output_activation: applied after V^D. The PAL reference code applies GELU there (preset
@@ -112,7 +109,7 @@ class AdapterConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        check_choice("kind", self.kind, get_args(Kind))
+        method = self.method  # an unknown kind raises here, listing the registered methods
         check_choice("placement", self.placement, get_args(Placement))
         check_choice("activation", self.activation, get_args(Activation))
         check_choice("output_activation", self.output_activation, get_args(Activation))
@@ -129,33 +126,34 @@ class AdapterConfig:
             raise ValueError(f"hidden_size={self.hidden_size} must be a positive integer or None")
         if self.num_heads < 1:
             raise ValueError(f"num_heads={self.num_heads} must be >= 1")
-        if self.kind == "pal" and self.hidden_size is not None and self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
-                             f"a PAL splits d_s into equal heads")
         if self.ffn_layers not in (1, 2):
             raise ValueError(f"ffn_layers={self.ffn_layers} must be 1 or 2")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if not (math.isfinite(self.init_std) and self.init_std > 0):
             raise ValueError(f"init_std={self.init_std} must be a finite number > 0")
+        method.validate(self)
+
+    @property
+    def method(self) -> Any:
+        """The ``AdapterMethod`` of ``kind`` (``adapters/methods.py``): what it builds and how it behaves."""
+        from .adapters.methods import get_method  # the methods' modules import this one
+
+        return get_method(self.kind)
 
     @property
     def has_ts(self) -> bool:
         """Whether a task-specific function TS(h) is built (everything but LHUC alone)."""
-        return self.kind != "lhuc"
+        return self.method.has_ts
 
     @property
     def uses_lhuc(self) -> bool:
-        return self.kind == "lhuc" or self.lhuc
+        """LHUC vectors are learnt: the method has no TS (LHUC alone), or ``lhuc=True`` on top."""
+        return not self.method.has_ts or self.lhuc
 
     def resolved_hidden_size(self, d_model: int) -> int:
-        """d_s for a backbone of width ``d_model``."""
-        if self.hidden_size is not None:
-            return self.hidden_size
-        if self.kind == "low_rank":
-            return max(1, round(LOW_RANK_SIZE_RATIO * d_model))
-        heads = self.num_heads if self.kind == "pal" else 1
-        return max(heads, round(PAL_SIZE_RATIO * d_model / heads) * heads)
+        """d_s for a backbone of width ``d_model`` (the method's rule when ``hidden_size`` is None)."""
+        return self.method.hidden_size(self, d_model)
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
         """The adapted depths for a backbone of ``num_layers`` layers, sorted."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .adapters.methods import methods
 from .inject import ATTRIBUTE, AdapterBank
 
 if TYPE_CHECKING:
@@ -24,10 +25,11 @@ if TYPE_CHECKING:
 def check_mergeable(bank: AdapterBank, name: str, model_type: str) -> None:
     """Raise, naming the reason, unless task ``name``'s adapters fold into the backbone's norms."""
     bank.check_task(name)
-    kind = bank[name].config.kind
-    if kind != "lhuc":
-        raise ValueError(f"task {name!r} uses kind={kind!r}, which adds a function of the input and cannot be "
-                         "merged into the backbone; only kind='lhuc' (LHUC alone) can")
+    config = bank[name].config
+    if not config.method.mergeable:
+        mergeable = sorted(n for n, m in methods().items() if m.mergeable)
+        raise ValueError(f"task {name!r} uses kind={config.kind!r}, which adds a function of the input and cannot "
+                         f"be merged into the backbone; only kind in {mergeable} (LHUC alone) can")
     layout = bank.resolved.layout
     if layout.pre_ln or layout.shared:
         why = "its layers are pre-LN" if layout.pre_ln else "one layer module serves several depths"

@@ -7,10 +7,6 @@ from torch import nn
 
 from ..config import AdapterConfig
 from .lhuc import LHUC
-from .low_rank import LowRank
-from .pal import PAL, PALFFN
-
-TS_CLASSES = {"pal": PAL, "pal_ffn": PALFFN, "low_rank": LowRank}
 
 
 class TaskAdapter(nn.Module):
@@ -26,7 +22,8 @@ class TaskAdapter(nn.Module):
         self.config = config
         self.depths = frozenset(config.resolved_layers(num_layers))
         ordered = tuple(sorted(self.depths))
-        self.ts = TS_CLASSES[config.kind](d_model, ordered, config) if config.has_ts else None
+        method = config.method  # adapters/methods.py: the registry of methods
+        self.ts = method.build(d_model, ordered, config) if method.has_ts else None
         self.lhuc = LHUC(d_model, ordered) if config.uses_lhuc else None
 
     @property

@@ -1,0 +1,114 @@
+"""The registry of adapter methods: ``AdapterConfig.kind`` -> the ``AdapterMethod`` that owns it.
+
+A method says everything the rest of the library needs to know about it: which module computes
+its task-specific function TS(h) (none for LHUC alone), how d_s follows from d_m, whether V^E/V^D
+are shared across layers, whether it folds into the backbone (merging), its own config checks and
+what ``inspect`` shows. Nothing else compares ``kind`` to a string.
+
+Adding a method = one module with its TS module (``forward(h, depth, keep)``: ``(B, T, d_m) ->
+(B, T, d_m)``, identity at initialisation) + ``register_method(AdapterMethod(...))`` + its tests.
+Saving, loading, routing, placement (parallel/serial), LHUC on top, the PEFT plugin and the CLI
+then work for it unchanged (README: "Adding an adapter method").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from .low_rank import LowRank
+from .pal import PAL, PALFFN
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig
+
+Build = Callable[[int, tuple[int, ...], "AdapterConfig"], nn.Module]
+
+
+@dataclass(frozen=True)
+class AdapterMethod:
+    """One adapter method.
+
+    Attributes:
+        name: the ``AdapterConfig.kind`` string (the registry key).
+        build: ``(d_model, depths, config) -> module`` computing TS(h) at each adapted depth;
+            ``None`` for a method without TS (LHUC alone scales the layer output).
+        size_ratio: default d_s / d_m when ``config.hidden_size`` is None.
+        heads_split_size: d_s is split into ``config.num_heads`` equal heads (PAL): the default is
+            rounded to a multiple of them and an explicit one must divide by them.
+        shares_projections: one V^E/V^D pair per task, reused by every adapted layer (PAL).
+        mergeable: the adapters fold into the backbone's norms (``merge_lhuc``, PEFT's
+            ``merge_and_unload``); True only for LHUC alone.
+        shown: config fields ``inspect`` shows for this method besides d_s (PAL: ``num_heads``).
+        check: extra validation of a config of this kind (raise ``ValueError`` naming the value).
+    """
+
+    name: str
+    build: Build | None
+    size_ratio: float = 204 / 768
+    heads_split_size: bool = False
+    shares_projections: bool = False
+    mergeable: bool = False
+    shown: tuple[str, ...] = ()
+    check: Callable[[AdapterConfig], None] | None = None
+
+    @property
+    def has_ts(self) -> bool:
+        return self.build is not None
+
+    def hidden_size(self, config: AdapterConfig, d_model: int) -> int:
+        """d_s for a backbone of width ``d_model``: the config's, else ``size_ratio``·d_m."""
+        if config.hidden_size is not None:
+            return config.hidden_size
+        step = config.num_heads if self.heads_split_size else 1
+        return max(step, round(self.size_ratio * d_model / step) * step)
+
+    def validate(self, config: AdapterConfig) -> None:
+        if self.heads_split_size and config.hidden_size is not None and config.hidden_size % config.num_heads:
+            raise ValueError(f"hidden_size={config.hidden_size} is not divisible by num_heads={config.num_heads}; "
+                             f"kind={self.name!r} splits d_s into equal heads")
+        if self.check is not None:
+            self.check(config)
+
+    def summary(self, config: AdapterConfig, d_model: int) -> dict[str, Any]:
+        """What ``inspect`` shows of a config of this method on a backbone of width ``d_model``."""
+        return {"d_s": self.hidden_size(config, d_model) if self.has_ts else None,
+                **{name: getattr(config, name) for name in self.shown}}
+
+
+ADAPTER_METHODS: dict[str, AdapterMethod] = {}
+
+
+def register_method(method: AdapterMethod, *, replace: bool = False) -> AdapterMethod:
+    """Add ``method`` to ``ADAPTER_METHODS`` under ``method.name``."""
+    if not isinstance(method, AdapterMethod):
+        raise TypeError(f"{method!r} is not an AdapterMethod")
+    if not isinstance(method.name, str) or not method.name.isidentifier():
+        raise ValueError(f"AdapterMethod name={method.name!r} must be a non-empty identifier")
+    if method.name in ADAPTER_METHODS and ADAPTER_METHODS[method.name] != method and not replace:
+        raise ValueError(f"adapter method {method.name!r} is already registered")
+    ADAPTER_METHODS[method.name] = method
+    return method
+
+
+def get_method(name: Any) -> AdapterMethod:
+    """The method registered as ``name``; an unknown name raises, listing the valid ones."""
+    if not isinstance(name, str) or name not in ADAPTER_METHODS:
+        raise ValueError(f"kind={name!r} is not valid; choose one of {', '.join(map(repr, ADAPTER_METHODS))}")
+    return ADAPTER_METHODS[name]
+
+
+def methods() -> Mapping[str, AdapterMethod]:
+    return dict(ADAPTER_METHODS)
+
+
+for _method in (
+    AdapterMethod("pal", PAL, heads_split_size=True, shares_projections=True, shown=("num_heads",)),
+    AdapterMethod("low_rank", LowRank, size_ratio=100 / 768),
+    AdapterMethod("pal_ffn", PALFFN, shares_projections=True, shown=("ffn_layers",)),
+    AdapterMethod("lhuc", None, mergeable=True),
+):
+    register_method(_method)

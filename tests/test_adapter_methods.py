@@ -1,0 +1,93 @@
+"""The seam for adapter methods: a new method is one registered ``AdapterMethod`` (and its module);
+saving, loading, placement, LHUC on top, merging rules, inspect and the PEFT plugin follow."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import tiny_batch, tiny_model
+from torch import nn
+
+from pal_adapters import AdapterConfig, MultiTaskModel, add_pal
+from pal_adapters.adapters import ADAPTER_METHODS, AdapterMethod, get_method, register_method
+from pal_adapters.peft.config import PalPeftConfig
+
+
+class ScaledCopy(nn.Module):
+    """A toy method: TS(h) = w_depth ⊙ h, w = 0 at initialisation (so injection is the identity)."""
+
+    def __init__(self, d_model: int, depths: tuple[int, ...], config: AdapterConfig):
+        super().__init__()
+        self.w = nn.ParameterDict({str(d): nn.Parameter(torch.zeros(d_model)) for d in depths})
+
+    def forward(self, h: torch.Tensor, depth: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+        return h * self.w[str(depth)]
+
+
+@pytest.fixture
+def scaled_copy():
+    method = register_method(AdapterMethod("scaled_copy", ScaledCopy))
+    yield method
+    del ADAPTER_METHODS["scaled_copy"]
+
+
+@pytest.mark.parametrize("placement", ["parallel", "serial"])
+def test_a_registered_method_is_identity_at_init_and_trains_saves_and_loads(scaled_copy, tmp_path, placement):
+    config = AdapterConfig(kind="scaled_copy", placement=placement, lhuc=True)
+    bare, batch = tiny_model("bert"), tiny_batch()
+    model = add_pal(tiny_model("bert"), tasks={"a": 2}, adapter=config)
+    with torch.no_grad():
+        assert torch.allclose(model.backbone(**batch).last_hidden_state, bare(**batch).last_hidden_state, atol=1e-6)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        model(**batch, task="a", labels=torch.tensor([0, 1, 1])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    w = model.bank["a"].ts.w["0"]
+    assert w.abs().sum() > 0  # the method's own parameters trained
+    model.save_pretrained(tmp_path / "m")
+    loaded = MultiTaskModel.from_pretrained(tmp_path / "m", backbone=tiny_model("bert"))
+    assert torch.equal(loaded.bank["a"].ts.w["0"], w.detach())
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch, task="a").logits, model(**batch, task="a").logits, atol=1e-6)
+
+
+def test_a_registered_method_follows_the_method_rules(scaled_copy):
+    config = AdapterConfig(kind="scaled_copy", hidden_size=None)
+    assert config.has_ts and not config.uses_lhuc and config.resolved_hidden_size(768) == 204
+    assert scaled_copy.summary(config, 768) == {"d_s": 204}
+    model = add_pal(tiny_model("bert"), tasks={"a": 2}, adapter=config)
+    with pytest.raises(ValueError, match=r"kind='scaled_copy'.* cannot be merged.*only kind in \['lhuc'\]"):
+        model.merge_lhuc("a")
+    assert PalPeftConfig(kind="scaled_copy").adapter_config == config
+
+
+def test_methods_are_refused_by_name_and_not_registered_twice(scaled_copy):
+    with pytest.raises(ValueError, match="kind='nope' is not valid; choose one of 'pal', 'low_rank', 'pal_ffn', "
+                                         "'lhuc', 'scaled_copy'"):
+        AdapterConfig(kind="nope")
+    with pytest.raises(ValueError, match="'scaled_copy' is already registered"):
+        register_method(AdapterMethod("scaled_copy", None))
+    with pytest.raises(ValueError, match="must be a non-empty identifier"):
+        register_method(AdapterMethod("no such", None))
+
+
+@pytest.mark.parametrize("kind, d_s", [("pal", 204), ("low_rank", 100), ("pal_ffn", 204), ("lhuc", None)])
+def test_the_built_in_methods_keep_the_paper_sizes(kind, d_s):
+    method = get_method(kind)
+    assert method.summary(AdapterConfig(kind=kind), 768)["d_s"] == d_s
+    assert method.mergeable == (kind == "lhuc") and method.shares_projections == (kind in ("pal", "pal_ffn"))
+    with pytest.raises(ValueError, match="not divisible by num_heads=6"):
+        AdapterConfig(kind="pal", hidden_size=100)
+
+
+def test_the_peft_config_mirrors_every_adapter_field_with_the_same_default():
+    core = {f.name: f for f in dataclasses.fields(AdapterConfig)}
+    peft = {f.name: f for f in dataclasses.fields(PalPeftConfig)}
+    assert set(core) <= set(peft), f"PalPeftConfig lacks {sorted(set(core) - set(peft))}"
+    for name, f in core.items():
+        assert peft[name].default == f.default, name
+    assert PalPeftConfig().adapter_config == AdapterConfig()
