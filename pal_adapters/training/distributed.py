@@ -33,3 +33,13 @@ def all_reduce_gradients(params: Sequence[torch.nn.Parameter], world_size: int) 
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone() if count > 0 else None
         offset += n
+
+
+def any_process(flag: bool, world_size: int, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` is true on any of ``world_size`` processes (one tiny all-reduce; no-op for one),
+    so that all of them act on a signal only one of them received, at the same step."""
+    if world_size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

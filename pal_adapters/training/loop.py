@@ -11,6 +11,7 @@ The same code runs on one CPU or under ``accelerate launch`` / ``torchrun`` on m
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from .checkpoint import CheckpointError, load_checkpoint, recover_checkpoint, rn
 from .config import TrainConfig
 from .data import DynamicPaddingCollator
 from .distill import DistillConfig, TeacherEnsemble, distill_task_loss
-from .distributed import all_reduce_gradients
+from .distributed import all_reduce_gradients, any_process
 from .evaluate import combined_score, evaluate
+from .interrupt import StopSignals, TrainingInterrupted
 from .losses import LossWeighting
 from .report import JsonlLogger, format_eval_table, plot_training_curves, read_jsonl, truncate_log
 from .resources import configure_threads, return_freed_memory
@@ -92,6 +94,7 @@ class MultiTaskTrainer:
         self.dev = dev_loaders(self.data, tokenizer, config.batch_size)
         self.metrics = {n: d.definition.metrics for n, d in self.data.items() if d.dev is not None}
         self.collator = DynamicPaddingCollator(tokenizer)
+        self._checkpointed_step: int | None = None  # the step of the checkpoint this process last wrote
 
     # ---- construction ---------------------------------------------------------------------
     def _build_schedule_objects(self) -> None:
@@ -194,28 +197,18 @@ class MultiTaskTrainer:
 
     # ---- the run --------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``total_steps`` (from the last checkpoint with ``resume``). On SIGINT/SIGTERM the
+        current step is finished and checkpointed, then ``TrainingInterrupted`` (exit status 130)."""
         acc = self.accelerator
         state = self._start(resume)
         log = JsonlLogger(self.out / "log.jsonl") if acc.is_main_process else None
         bar = tqdm(total=self.total_steps, initial=state["step"], desc="training", disable=not acc.is_main_process,
                    dynamic_ncols=True)
-        pending: dict[str, list[float]] = state["pending"]  # each task's losses since the last log line
-        while state["step"] < self.total_steps:
-            losses = self._optimizer_step(state["step"])
-            state["step"] += 1
-            bar.update(1)
-            bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
-            for t, v in losses.items():
-                pending.setdefault(t, []).append(v)
-            if log and (state["step"] % self.config.log_every == 0 or state["step"] == 1):
-                for t, values in pending.items():
-                    log.log({"kind": "train", "step": state["step"], "task": t, "loss": sum(values) / len(values),
-                             "steps": len(values), "lr": self.scheduler.get_last_lr()[0]})
-                pending.clear()
-            if self._due(state["step"], self.config.eval_every or self.epoch_steps):
-                self._evaluate(state, log)
-            if self.config.checkpoint_every and state["step"] % self.config.checkpoint_every == 0:
-                self._checkpoint(state)
+        with StopSignals() as stop:
+            while state["step"] < self.total_steps:
+                self._train_step(state, log, bar)
+                if any_process(stop.requested is not None, acc.num_processes, acc.device):
+                    self._stop(state, bar, stop.requested or "a signal to another process")
         bar.close()
         shared = [{k: state[k] for k in ("best_score", "best_step", "best_metrics")}]
         state.update(broadcast_object_list(shared)[0] if acc.num_processes > 1 else shared[0])  # main evaluated
@@ -224,6 +217,35 @@ class MultiTaskTrainer:
             plot_training_curves(read_jsonl(self.out / "log.jsonl"), self.out / "curves.png")
         acc.wait_for_everyone()
         return TrainResult(self.out, state["step"], state["best_step"], state["best_score"], state["best_metrics"])
+
+    def _train_step(self, state: dict[str, Any], log: JsonlLogger | None, bar: tqdm) -> None:
+        """One optimizer step and what is due after it: the log line, an evaluation, a checkpoint."""
+        losses = self._optimizer_step(state["step"])
+        state["step"] += 1
+        bar.update(1)
+        bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
+        pending: dict[str, list[float]] = state["pending"]  # each task's losses since the last log line
+        for t, v in losses.items():
+            pending.setdefault(t, []).append(v)
+        if log and (state["step"] % self.config.log_every == 0 or state["step"] == 1):
+            for t, values in pending.items():
+                log.log({"kind": "train", "step": state["step"], "task": t, "loss": sum(values) / len(values),
+                         "steps": len(values), "lr": self.scheduler.get_last_lr()[0]})
+            pending.clear()
+        if self._due(state["step"], self.config.eval_every or self.epoch_steps):
+            self._evaluate(state, log)
+        if self.config.checkpoint_every and state["step"] % self.config.checkpoint_every == 0:
+            self._checkpoint(state)
+
+    def _stop(self, state: dict[str, Any], bar: tqdm, signal_name: str) -> None:
+        """Checkpoint the finished step (unless it was just saved) and raise ``TrainingInterrupted``."""
+        if self._checkpointed_step != state["step"]:
+            self._checkpoint(state)
+        bar.close()
+        stop = TrainingInterrupted(state["step"], signal_name)
+        if self.accelerator.is_main_process:
+            print(stop, file=sys.stderr, flush=True)
+        raise stop
 
     def _start(self, resume: bool) -> dict[str, Any]:
         """The state to start from: step 0, or the last complete checkpoint's (``resume``).
@@ -290,6 +312,7 @@ class MultiTaskTrainer:
                             optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state(state),
                             rank_rng=rngs)
         acc.wait_for_everyone()
+        self._checkpointed_step = state["step"]
 
     def _restore(self) -> dict[str, Any]:
         saved = load_checkpoint(self.out / "checkpoint", model=self.model, weighting=self.weighting,
