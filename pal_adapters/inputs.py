@@ -63,8 +63,9 @@ class InputLimits:
         if "position_ids" not in inputs and self.max_length is not None and x.shape[1] > self.max_length:
             self.refresh()
             self._check_length(x.shape[1])
-        # Compiled code cannot branch on data without a graph break: there the embedding's own error stands.
-        if key == "input_ids" and not is_dynamo_compiling() and not _in_vocabulary(x, self.vocab_size):
+        # Compiled code cannot branch on data without a graph break, nor can an exported graph (ONNX,
+        # torch.export): there the embedding's own error stands.
+        if key == "input_ids" and not _capturing() and not _in_vocabulary(x, self.vocab_size):
             self.refresh()
             _check_vocabulary(x, self.vocab_size)
         return x.shape[0]
@@ -82,6 +83,10 @@ class InputLimits:
 def max_length(backbone: nn.Module) -> int | None:
     """The longest sequence ``backbone``'s learned position table covers; None without one."""
     return InputLimits.of(backbone).max_length
+
+
+def _capturing() -> bool:
+    return is_dynamo_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def _in_vocabulary(ids: torch.Tensor, size: int) -> bool:

@@ -124,7 +124,7 @@ def _export(graph: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names:
                               dynamic_axes={**{n: AXES for n in names}, **out_axes})
         else:
             torch.onnx.export(graph, args, str(path), dynamo=True, verbose=False, **common,
-                              dynamic_shapes=tuple(AXES for _ in names))
+                              dynamic_shapes=(tuple(AXES for _ in names),))  # forward(*tensors): one argument
 
 
 def _output_axes(logits: torch.Tensor) -> dict[int, str]:
