@@ -12,6 +12,11 @@ A process killed at any point leaves one of these layouts:
 first two cases: nothing here can tell a complete ``.tmp`` from a partial one; checkpoints, which
 can, do better in ``training/checkpoint.py``). A file is written as ``.<name>.<pid>.<random>.tmp``
 and renamed over ``name``.
+
+``mkstemp``/``mkdtemp`` create their files 0600 and folders 0700 (private, whatever the umask);
+the temporary file or folder is given the mode a plain ``open``/``mkdir`` would give under the
+user's umask (typically 0644 / 0755) before it is renamed into place, so that a saved model can
+be read by the other users the umask allows (a server's account, a colleague).
 """
 
 from __future__ import annotations
@@ -20,10 +25,33 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc/self/status``);
+    elsewhere set and put back at once, under a lock (other threads may still race that window)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool) -> int:
+    """The mode ``mkdir`` (0777) or ``open`` (0666) would give under the current umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
 
 
 def tmp_dirs(target: Path) -> list[Path]:
@@ -53,6 +81,7 @@ def atomic_directory(target: Path, fill: Callable[[Path], None], durable: bool =
     recover_directory(target, only_dead=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))  # not mkdtemp's private 0700
         fill(tmp)
         if durable:
             fsync_tree(tmp)
@@ -113,6 +142,8 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
     remove_stale_files(path, only_dead=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, default_mode(directory=False))  # not mkstemp's private 0600
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
         os.replace(tmp, path)

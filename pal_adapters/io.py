@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_directory  # noqa: F401  (re-exported: folders are written by renames)
+from .atomic import atomic_directory, default_mode  # noqa: F401  (atomic_directory re-exported)
 from .params import is_adapter_parameter
 
 FORMAT = "pal_adapters"
@@ -119,6 +120,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """
     kept, aliases = _unshared(tensors)
     save_file(kept, str(path), metadata={"aliases": json.dumps(aliases, sort_keys=True)})
+    os.chmod(path, default_mode(directory=False))  # safetensors creates its files 0600, whatever the umask
     return file_sha256(path)
 
 
