@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -43,8 +44,26 @@ def test_example_glue_yaml_loads_with_metrics_and_hub_label_ids():
     assert defs["stsb"].metrics == ("pearson", "spearman") and defs["stsb"].task.num_labels == 1
     assert defs["rte"].label_map == {"entailment": 0, "not_entailment": 1}
     assert defs["qnli"].eval_only and not any(d.eval_only for n, d in defs.items() if n != "qnli")
-    repo_root = EXAMPLES.parent
-    assert Path(defs["rte"].data.path) == (repo_root.parent / "shared/data/glue/RTE").resolve()
+    assert Path(defs["rte"].data.path) == glue_path_beside(EXAMPLES, "RTE")
+
+
+def glue_path_beside(examples: Path, folder: str) -> Path:
+    """Where ``examples/glue.yaml``'s ``data_dir: ../../shared/data/glue`` puts ``folder``: in the
+    ``shared`` folder beside the checkout as it is named there, a symlink not followed (a resolved
+    path would differ from the library's whenever ``../shared`` is a symlink)."""
+    return Path(os.path.normpath(examples.parent.parent / "shared" / "data" / "glue" / folder))
+
+
+def test_example_glue_yaml_paths_when_the_shared_folder_beside_the_checkout_is_a_symlink(tmp_path):
+    tmp_path = tmp_path.resolve()  # the symlink under test is the only one on the way
+    (tmp_path / "checkout" / "examples").mkdir(parents=True)
+    (tmp_path / "checkout" / "examples" / "glue.yaml").write_text((EXAMPLES / "glue.yaml").read_text())
+    (tmp_path / "elsewhere" / "data" / "glue" / "RTE").mkdir(parents=True)
+    (tmp_path / "shared").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    defs = load_task_defs(tmp_path / "checkout" / "examples" / "glue.yaml")
+    path = Path(defs["rte"].data.path)
+    assert path == glue_path_beside(tmp_path / "checkout" / "examples", "RTE") == tmp_path / "shared/data/glue/RTE"
+    assert path.is_dir() and path.resolve() == (tmp_path / "elsewhere" / "data" / "glue" / "RTE").resolve()
 
 
 def test_data_dir_override_moves_every_local_path(tmp_path):
