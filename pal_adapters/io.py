@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_directory, default_mode  # noqa: F401  (atomic_directory re-exported)
+from .atomic import atomic_directory, default_mode, glob_escape  # noqa: F401  (atomic_directory re-exported)
 from .params import is_adapter_parameter
 
 FORMAT = "pal_adapters"
@@ -129,14 +129,30 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 # ---- reading -----------------------------------------------------------------------------------
+def missing_file_message(path: Path) -> str:
+    """Why ``path`` cannot be read, said of what is there: a missing folder as a missing folder, a
+    folder that holds the file one level down (a checkpoint's ``model/``, a run's ``best/``) by
+    naming those folders, the previous version an interrupted save left aside."""
+    folder = path.parent
+    leftovers = sorted(folder.parent.glob(f".{glob_escape(folder.name)}.old-*")) if folder.name else []
+    if leftovers:
+        return f"{path} does not exist; an interrupted save left the previous version at {leftovers[-1]}"
+    if not folder.exists():
+        return f"folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    below = sorted(p.parent for p in folder.glob(f"*/{glob_escape(path.name)}"))
+    if below and (folder / "trainer_state.json").is_file():
+        return f"{folder} is a training checkpoint, not a saved model: its model is {below[0]}"
+    if below:
+        return f"{folder} holds no {path.name}; the folders below it that do: {', '.join(map(str, below))}"
+    return f"{path} does not exist"
+
+
 def read_json(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        hint = ""
-        leftovers = sorted(path.parent.parent.glob(f".{path.parent.name}.old-*")) if path.parent.name else []
-        if leftovers:
-            hint = f"; an interrupted save left the previous version at {leftovers[-1]}"
-        raise AdapterLoadError(f"{path} does not exist{hint}")
+        raise AdapterLoadError(missing_file_message(path))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
