@@ -137,3 +137,32 @@ def test_a_task_keeps_its_colour_in_both_panels_when_another_task_only_evaluates
     metrics = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in right.get_lines()}
     assert loss == {"C1"}
     assert metrics == {"a.acc": ("C0", "-"), "b.x.acc": ("C1", "-"), "b.x.f1": ("C1", "--")}
+
+
+def demo_like_records() -> list[dict]:
+    """Six tasks' losses and three evaluations of 12 metrics and the score, as the demo logs them."""
+    tasks = {"sst2": ["accuracy"], "mrpc": ["f1", "accuracy"], "stsb": ["pearson", "spearman"], "rte": ["accuracy"],
+             "ner": ["f1", "precision", "recall", "accuracy"], "squad": ["exact_match", "f1"]}
+    records = [{"kind": "train", "step": s, "task": t, "loss": 2.0 / s} for s in range(1, 61) for t in tasks]
+    for step in (20, 40, 60):
+        metrics = {t: {m: step / 100 + i / 50 for i, m in enumerate(ms)} for t, ms in tasks.items()}
+        records.append({"kind": "eval", "step": step, "metrics": metrics, "score": step / 10})
+    return records
+
+
+def test_curves_legends_sit_outside_the_plotting_areas():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from pal_adapters.training.report import training_curves_figure
+
+    fig = training_curves_figure(demo_like_records())
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)  # lays the figure out
+    loss_ax, metric_ax, score_ax = fig.axes
+    assert score_ax.get_legend() is None  # the score is in the metrics' legend, not a second one over it
+    labels = [t.get_text() for t in metric_ax.get_legend().get_texts()]
+    assert len(labels) == 13 and labels[-1] == "score"
+    for ax in (loss_ax, metric_ax):
+        legend, area = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert not legend.overlaps(area), (ax.get_title(), legend, area)
+        assert legend.y1 < area.y0 and fig.bbox.contains(legend.x0, legend.y0)  # below its panel, inside the picture

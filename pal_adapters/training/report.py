@@ -24,6 +24,7 @@ import torch
 from ..atomic import atomic_file
 
 SIGNIFICANT_DIGITS = 6
+LEGEND_COLUMNS = 3  # legend entries per row, below each panel
 
 
 class JsonlLogger:
@@ -175,23 +176,29 @@ def _plot_eval(ax: Any, records: Sequence[Mapping[str, Any]], colours: dict[str,
         style = ("-", "--", ":", "-.")[metrics_drawn[task] % 4]
         metrics_drawn[task] += 1
         ax.plot(steps, values, color=colours[task], linestyle=style, marker="o", markersize=3, label=name)
+    twin = None
     if score is not None:  # the sum over tasks exceeds the metrics' range: own axis
         twin = ax.twinx()
         twin.plot(*score, color="black", linestyle="--", marker="s", markersize=3, label="score")
         twin.set_ylabel("score")
-        twin.legend(loc="lower right", fontsize="small")
-    _finish(ax, "dev metrics", "metric", bool(series) or score is not None)
+    _finish(ax, "dev metrics", "metric", bool(series) or score is not None, also=twin)
 
 
-def _finish(ax: Any, title: str, ylabel: str, has_data: bool) -> None:
+def _finish(ax: Any, title: str, ylabel: str, has_data: bool, also: Any = None) -> None:
+    """Title and labels; one legend for ``ax`` and its twin ``also``, below the axes (never over the lines)."""
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
-    if has_data:
-        ax.legend(loc="best", fontsize="small")
-        ax.grid(alpha=0.3)
-    else:
+    if not has_data:
         ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes)
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    if also is not None:
+        more = also.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=LEGEND_COLUMNS,
+              fontsize="small", frameon=False)
+    ax.grid(alpha=0.3)
 
 
 def plot_training_curves(records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
@@ -202,19 +209,26 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: str | os.Pa
     Uses matplotlib's Agg canvas without pyplot (no global state, no display). Written atomically.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.5))
+    fig = training_curves_figure(records, window)
     FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
-    colours = _task_colours(records)
-    _plot_train(left, records, window, colours)
-    _plot_eval(right, records, colours)
-    fig.tight_layout()
     path = Path(path)
     with atomic_file(path) as f:
         fig.savefig(f, format="png", dpi=100)
     return path
+
+
+def training_curves_figure(records: Sequence[Mapping[str, Any]], window: int | None = None) -> Any:
+    """The matplotlib ``Figure`` of ``plot_training_curves``: loss and dev-metric panels, each with
+    its legend below it (constrained layout leaves them room)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    colours = _task_colours(records)
+    _plot_train(left, records, window, colours)
+    _plot_eval(right, records, colours)
+    return fig
 
 
 def format_eval_table(results: Mapping[str, Mapping[str, float]], digits: int = 4) -> str:
