@@ -19,9 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .low_rank import LowRank
-from .pal import PAL, PALFFN
-
 if TYPE_CHECKING:
     from ..config import AdapterConfig
 
@@ -105,10 +102,30 @@ def methods() -> Mapping[str, AdapterMethod]:
     return dict(ADAPTER_METHODS)
 
 
+# The built-in modules are imported when first built: config.py's presets validate against this
+# registry while the adapter modules (which import config.py) may still be importing.
+def _pal(d_model: int, depths: tuple[int, ...], config: AdapterConfig) -> nn.Module:
+    from .pal import PAL
+
+    return PAL(d_model, depths, config)
+
+
+def _pal_ffn(d_model: int, depths: tuple[int, ...], config: AdapterConfig) -> nn.Module:
+    from .pal import PALFFN
+
+    return PALFFN(d_model, depths, config)
+
+
+def _low_rank(d_model: int, depths: tuple[int, ...], config: AdapterConfig) -> nn.Module:
+    from .low_rank import LowRank
+
+    return LowRank(d_model, depths, config)
+
+
 for _method in (
-    AdapterMethod("pal", PAL, heads_split_size=True, shares_projections=True, shown=("num_heads",)),
-    AdapterMethod("low_rank", LowRank, size_ratio=100 / 768),
-    AdapterMethod("pal_ffn", PALFFN, shares_projections=True, shown=("ffn_layers",)),
+    AdapterMethod("pal", _pal, heads_split_size=True, shares_projections=True, shown=("num_heads",)),
+    AdapterMethod("low_rank", _low_rank, size_ratio=100 / 768),
+    AdapterMethod("pal_ffn", _pal_ffn, shares_projections=True, shown=("ffn_layers",)),
     AdapterMethod("lhuc", None, mergeable=True),
 ):
     register_method(_method)
