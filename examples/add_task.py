@@ -63,7 +63,7 @@ def main() -> None:
     print(f"training {new.name}: {model.parameter_report().trainable:,} trainable parameters")
     train = load_split(new, "train").shuffle(seed=0)
     train = train.select(range(min(args.max_train, len(train))))
-    loader = make_dataloader(tokenize(train, tokenizer, new.max_length), tokenizer, batch_size=16)
+    loader = make_dataloader(tokenize(train, tokenizer, new.task.max_length), tokenizer, batch_size=16)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     model.train()
     for step in range(args.max_steps):
@@ -73,7 +73,8 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    dev = make_dataloader(tokenize(load_split(new, "dev"), tokenizer, new.max_length), tokenizer, 64, shuffle=False)
+    dev_split = tokenize(load_split(new, "dev"), tokenizer, new.task.max_length)
+    dev = make_dataloader(dev_split, tokenizer, 64, shuffle=False)
     print(format_eval_table(evaluate(model, {new.name: dev}, {new.name: new.metrics})))
 
     after = model.eval().predict_all(tasks=old, **probe)

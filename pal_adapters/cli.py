@@ -153,7 +153,8 @@ def as_saved(definition: TaskDef, saved: Any) -> TaskDef:
     """The run file's task definition with the saved model's own task (kind options, length, input
     form): the data is read and windowed as the model was trained, whatever the run file says now."""
     if saved != definition.task:
-        changed = sorted(k for k, v in saved.to_dict().items() if definition.task.to_dict().get(k) != v)
+        given = definition.task.to_dict()
+        changed = sorted(k for k, v in saved.to_dict().items() if given.get(k) != v)
         log.warning("task %r: using the saved model's %s, not the run file's", definition.name, changed)
     return dataclasses.replace(definition, task=saved)
 

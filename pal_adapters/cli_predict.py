@@ -16,7 +16,7 @@ from typing import Any
 
 from .model import MultiTaskModel
 from .predict import predict_rows
-from .tasks.rows import INPUT_KEYS, row_problem
+from .tasks.rows import row_problem, runs
 from .training.report import to_jsonable
 
 
@@ -49,26 +49,11 @@ def read_inputs(texts: Sequence[str], input_file: str | None) -> list[dict[str, 
     return rows
 
 
-def _runs(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive batches of at most ``size`` rows that all hold the same input fields."""
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        if batch and (len(batch) == size or _fields(row) != _fields(batch[0])):
-            yield batch
-            batch = []
-        batch.append(row)
-    if batch:
-        yield batch
-
-
-def _fields(row: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(k for k in INPUT_KEYS if k in row)
-
-
 def predict_lines(model: MultiTaskModel, tokenizer: Any, rows: list[dict[str, Any]], tasks: list[str] | None,
                   batch_size: int, max_length: int | None = None) -> Iterator[str]:
     """One JSON line per row, in order."""
-    for batch in _runs(rows, batch_size):
+    for positions in runs(rows, batch_size):
+        batch = [rows[i] for i in positions]
         predictions, skipped = predict_rows(model, tokenizer, batch, tasks, max_length)
         for row, prediction in zip(batch, predictions, strict=True):
             extra = {"skipped": skipped} if skipped else {}

@@ -131,3 +131,13 @@ def train_tiny_run(root: Path, tokenizer, tasks: dict, batch_size: int) -> Path:
                                         "training": {"batch_size": batch_size, "lr": 1e-3, "eval_every": 2}}))
     assert main(["train", str(run_file), "--output-dir", str(root / "out"), "--max-steps", "2"]) == 0
     return root
+
+
+def word_tokenizer(folder: Path, words: list[str]):
+    """A fast BERT tokenizer whose vocabulary is the five special tokens + ``words``, one id each
+    (written to ``folder/vocab.txt``; transformers 5 ignores ``vocab_file=``)."""
+    from transformers import BertTokenizerFast
+
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    return BertTokenizerFast(vocab=str(vocab))

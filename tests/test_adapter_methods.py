@@ -80,8 +80,12 @@ def test_the_built_in_methods_keep_the_paper_sizes(kind, d_s):
     method = get_method(kind)
     assert method.summary(AdapterConfig(kind=kind), 768)["d_s"] == d_s
     assert method.mergeable == (kind == "lhuc") and method.shares_projections == (kind in ("pal", "pal_ffn"))
-    with pytest.raises(ValueError, match="not divisible by num_heads=6"):
+
+
+def test_a_pal_d_s_must_split_into_its_heads_and_a_low_rank_one_need_not():
+    with pytest.raises(ValueError, match="hidden_size=100 is not divisible by num_heads=6; kind='pal' splits"):
         AdapterConfig(kind="pal", hidden_size=100)
+    assert AdapterConfig(kind="low_rank", hidden_size=100).resolved_hidden_size(768) == 100
 
 
 def test_the_peft_config_mirrors_every_adapter_field_with_the_same_default():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import randomize_adapters, tiny_batch, tiny_model
+from helpers import randomize_adapters, tiny_batch, tiny_model, word_tokenizer
 from transformers import BertTokenizerFast
 
 from pal_adapters import TaskConfig, add_pal
@@ -61,9 +61,7 @@ def non_trivial(model):
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> BertTokenizerFast:
-    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizerFast(vocab=str(vocab))
+    return word_tokenizer(tmp_path_factory.mktemp("vocab"), WORDS)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ def _downgrade_to_version_2(folder: Path) -> None:
             data["task"].pop(field)
             config["tasks"][name].pop(field)
         data["version"] = 2
-        path.write_text(json.dumps(sealed({k: v for k, v in data.items() if k != "content_sha256"})))
+        path.write_text(json.dumps(sealed(data)))  # (sealed hashes all but the old content_sha256)
         config["sha256"][f"tasks/{name}/{TASK_FILE}"] = file_sha256(path)
     config["version"] = 2
-    config_path.write_text(json.dumps(sealed({k: v for k, v in config.items() if k != "content_sha256"})))
+    config_path.write_text(json.dumps(sealed(config)))
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomize_adapters, tiny_model
+from helpers import randomize_adapters, tiny_model, word_tokenizer
 from transformers import BertTokenizerFast
 
 from pal_adapters import TaskConfig, add_pal
@@ -20,9 +20,7 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "who", "is"]
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> BertTokenizerFast:
-    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizerFast(vocab=str(vocab))
+    return word_tokenizer(tmp_path_factory.mktemp("vocab"), WORDS)
 
 
 @pytest.mark.parametrize("row, problem", [

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_adapters, tiny_model, train_tiny_run
+from helpers import randomize_adapters, tiny_model, train_tiny_run, word_tokenizer
 from transformers import BertTokenizerFast
 
 from pal_adapters import MultiTaskModel, TaskConfig, add_pal
@@ -33,9 +33,7 @@ CONTEXT = " ".join(WORDS[:12])  # twelve one-token words
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> BertTokenizerFast:
-    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(vocab))  # transformers 5 ignores vocab_file=
+    tokenizer = word_tokenizer(tmp_path_factory.mktemp("vocab"), WORDS)
     assert len(tokenizer) == 5 + len(WORDS)
     return tokenizer
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomize_adapters, tiny_model
+from helpers import randomize_adapters, tiny_model, word_tokenizer
 from transformers import BertTokenizerFast, pipeline
 from transformers.modeling_outputs import (
     QuestionAnsweringModelOutput,
@@ -36,9 +36,7 @@ CONTEXT = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo l
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> BertTokenizerFast:
-    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizerFast(vocab=str(vocab))
+    return word_tokenizer(tmp_path_factory.mktemp("vocab"), WORDS)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ from typing import Any
 
 from torch import Tensor
 
+from ..tasks.rows import runs
 from .errors import ServeError, bad_input
-from .payload import INPUT_KEYS, Row
+from .payload import Row
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,10 @@ def token_limit(task_config: Any, encoder_limit: int | None) -> int:
     return min(limit, encoder_limit) if encoder_limit else limit
 
 
-def input_problem(kind: Any, row: Row) -> str | None:
-    """Why ``kind`` cannot read ``row`` (one line naming the field), or None: the kind's own rule."""
-    return kind.input_problem(row)
-
-
 def check_rows(task: str, kind: Any, rows: Sequence[Row], where: str = "inputs") -> None:
     """422 naming the first row ``task`` cannot read."""
     for i, row in enumerate(rows):
-        problem = input_problem(kind, row)
+        problem = kind.input_problem(row)
         if problem is not None:
             raise bad_input(f"{where}[{i}]", f"task {task!r} cannot read this input: {problem}")
 
@@ -67,7 +63,7 @@ def encode_request(task: str, kind: Any, rows: Sequence[Row], tokenizer: Any, li
     """Rows of one request -> one piece per run of rows with the same fields (as ``predict`` batches)."""
     check_rows(task, kind, rows)
     pieces = []
-    for positions in _runs(rows):
+    for positions in runs(rows):
         chunk = [rows[i] for i in positions]
         pieces.append(_encode(task, kind, chunk, positions, tokenizer, limit, truncate))
     return pieces
@@ -75,7 +71,7 @@ def encode_request(task: str, kind: Any, rows: Sequence[Row], tokenizer: Any, li
 
 def _encode(task: str, kind: Any, rows: list[Row], positions: tuple[int, ...], tokenizer: Any, limit: int,
             truncate: bool) -> Piece:
-    windowed = getattr(kind, "name", "") == "extractive_qa" or truncate
+    windowed = kind.windows_long_inputs or truncate
     try:  # limit + 1 tokens: a row that reaches it is over the limit (and was otherwise not cut)
         inputs, context = kind.encode_for_predict(rows, tokenizer, limit if windowed else limit + 1)
     except (KeyError, ValueError) as err:
@@ -89,17 +85,3 @@ def _encode(task: str, kind: Any, rows: list[Row], positions: tuple[int, ...], t
                              "send a shorter text or \"truncate\": true", field=f"inputs[{positions[i]}]")
     return Piece(task, kind, dict(inputs), context, positions)
 
-
-def _runs(rows: Sequence[Row]) -> list[tuple[int, ...]]:
-    """Positions of consecutive rows that hold the same input fields."""
-    runs: list[list[int]] = []
-    for i, row in enumerate(rows):
-        if runs and _fields(rows[runs[-1][0]]) == _fields(row):
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return [tuple(r) for r in runs]
-
-
-def _fields(row: Row) -> tuple[str, ...]:
-    return tuple(k for k in INPUT_KEYS if k in row)

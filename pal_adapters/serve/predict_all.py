@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..predict import predict_rows
-from .encoding import _runs, input_problem
+from ..tasks.rows import runs
 from .errors import ServeError
 from .payload import Row
 
@@ -22,7 +22,7 @@ def predict_every_task(model: Any, tokenizer: Any,
     the first input no task can read. Each task encodes with its own ``max_length``."""
     predictions: list[dict[str, Any]] = [{} for _ in rows]
     skipped: list[dict[str, str]] = [{} for _ in rows]
-    for positions in _runs(rows):
+    for positions in runs(rows):
         chunk = [rows[i] for i in positions]
         try:
             out, why = predict_rows(model, tokenizer, chunk, None)
@@ -41,7 +41,7 @@ def check_lengths(rows: Sequence[Row], catalog: Mapping[str, Any], tokenizer: An
     for i, row in enumerate(rows):
         if "text" not in row:
             continue
-        readers = [t for t, entry in catalog.items() if input_problem(entry.kind, row) is None]
+        readers = [t for t, entry in catalog.items() if entry.kind.input_problem(row) is None]
         if not readers:
             continue
         texts = [row["text"]] + ([row["text_b"]] if "text_b" in row else [])

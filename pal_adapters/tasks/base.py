@@ -98,6 +98,8 @@ class TaskKind:
         distillable: teachers' outputs can be soft targets (``teacher_targets``) for this kind.
         options: kind-specific options and their defaults (see the module docstring).
         input_forms: the forms of input row (``rows.INPUT_FORMS``) this kind can read.
+        windows_long_inputs: an input longer than ``max_length`` becomes several windows (QA),
+            rather than being cut or refused (the server's length rule).
     """
 
     name: ClassVar[str] = ""
@@ -110,6 +112,7 @@ class TaskKind:
     distillable: ClassVar[bool] = False
     options: Mapping[str, Any] = MappingProxyType({})
     input_forms: ClassVar[tuple[str, ...]] = ("text", "pair")
+    windows_long_inputs: ClassVar[bool] = False
 
     def __init__(self, task: TaskConfig):
         """The kind of ``task``, with the task's ``options`` over the kind's defaults."""

@@ -12,8 +12,9 @@ logits with its offsets; ``finish`` picks every question's best span over all of
 the kind's ``exact_match``/``f1`` metrics are those percentages / 100 (fractions, like every other
 metric here).
 
-Options (``TaskConfig.options``, a task definition's ``options:``, saved with the model): ``doc_stride`` (tokens shared by consecutive windows,
-128), ``n_best`` (start and end candidates per window, 20), ``max_answer_length`` (tokens, 30).
+Options (``TaskConfig.options``, a task definition's ``options:``, saved with the model):
+``doc_stride`` (tokens shared by consecutive windows, 128), ``n_best`` (start and end candidates
+per window, 20), ``max_answer_length`` (tokens, 30).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class ExtractiveQAKind(TaskKind):
     default_metrics = ("exact_match", "f1")
     options = MappingProxyType({"doc_stride": 128, "n_best": 20, "max_answer_length": 30})
     input_forms = ("question_context",)
+    windows_long_inputs = True
 
     def __init__(self, task: Any):
         super().__init__(task)

@@ -34,6 +34,18 @@ def form_of(row: Mapping[str, Any]) -> str | None:
     return next((form for form, keys in INPUT_FORMS.items() if keys == present), None)
 
 
+def runs(rows: Sequence[Mapping[str, Any]], size: int | None = None) -> list[tuple[int, ...]]:
+    """Positions of consecutive rows of the same form, at most ``size`` a run: what one task can
+    encode (and pad) together. ``predict`` and the server batch rows so."""
+    out: list[list[int]] = []
+    for i, row in enumerate(rows):
+        if out and len(out[-1]) != size and form_of(rows[out[-1][0]]) == form_of(row):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return [tuple(r) for r in out]
+
+
 def describe_forms(forms: Sequence[str]) -> str:
     """``("text", "pair")`` -> "one text ('text') or a text pair ('text' and 'text_b')"."""
     return " or ".join(_WORDS[f] for f in forms)
@@ -46,11 +58,12 @@ def row_problem(row: Any) -> str | None:
     """
     if not isinstance(row, Mapping):
         return f"an input must be an object with {describe_forms(tuple(INPUT_FORMS))}, not {type(row).__name__}"
-    if form_of(row) is None:
+    form = form_of(row)
+    if form is None:
         present = [k for k in INPUT_KEYS if k in row]
         return (f"an input holds {describe_forms(tuple(INPUT_FORMS))}; this one has "
                 f"{present if present else 'none of the fields ' + str(list(INPUT_KEYS))}")
-    for key in INPUT_FORMS[form_of(row)]:
+    for key in INPUT_FORMS[form]:
         value = row[key]
         if not isinstance(value, str):
             return f"field {key!r} must be a string, not {type(value).__name__} {value!r}"[:200]

@@ -66,7 +66,7 @@ def prepare_data(defs: dict[str, TaskDef], tokenizer: Any, config: TrainConfig,
                 splits[split] = None
                 continue
             raw = _cap(load_split(d, split), cap, config.seed, d.kind.group_size)
-            splits[split] = tokenize(raw, tokenizer, d.max_length, cache_dir=cache_dir, kind=d.kind)
+            splits[split] = tokenize(raw, tokenizer, d.task.max_length, cache_dir=cache_dir, kind=d.kind)
         out[name] = TaskData(d, splits["train"], splits["dev"])
     return out
 

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from ..config import TaskConfig
-from ..tasks import TaskKind, kind_of
+from ..tasks import TaskKind, get_kind, kind_of
 from ..tasks.classification import ClassificationKind
 from ..tasks.regression import RegressionKind
 from .metrics import GLUE_TASK_METRICS
@@ -97,11 +97,6 @@ class TaskDef:
         return kind_of(self.task)
 
     @property
-    def max_length(self) -> int:
-        """The task's token limit (``task.max_length``)."""
-        return self.task.max_length
-
-    @property
     def eval_only(self) -> bool:
         """True when the task has no training split (evaluate it, do not train on it)."""
         return self.data.train is None
@@ -121,7 +116,7 @@ class TaskDef:
 def _with_inputs(task: TaskConfig, data: DataSource) -> TaskConfig:
     """``task`` with ``inputs`` read from the data's text columns, unless the kind fixes it (QA,
     NER); a definition's own ``inputs`` must agree with its data."""
-    if len(kind_of(task).input_forms) == 1 or not data.text_columns:
+    if len(get_kind(task.type).input_forms) == 1 or not data.text_columns:
         return task
     found = "pair" if len(data.text_columns) == 2 else "text"
     if task.inputs not in (None, found):
