@@ -22,6 +22,7 @@ from torch import nn
 from .adapters import TaskAdapter
 from .config import AdapterConfig, resolve_adapter_config
 from .layouts import Layout, ResolvedLayout, resolve_layout
+from .placement import SCALE, Stage, site_rules
 from .routing import ALL_ROWS, Router, Routing
 from .sites import EncoderHooks, LayerSite, unbind_checkpointing
 
@@ -39,6 +40,7 @@ class AdapterBank(nn.ModuleDict):
         super().__init__()
         self.router = Router()
         self.resolved = resolved
+        self.rules = site_rules(resolved.layout.pre_ln)  # placement -> where its adapters act (placement.py)
         self.d_model = int(base.config.hidden_size)
         self._base_ref = [base]  # a list keeps the encoder out of this module's children
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -89,12 +91,14 @@ class AdapterBank(nn.ModuleDict):
     def remove_task(self, name: str) -> None:
         self.check_task(name)
         if name in {s.task for s in self.router.default.segments}:
-            self.router.set_task(None)
+            self.router.set_default(Routing.one_task(None))
         del self[name]
 
+    # The one home of checking and choosing a task: MultiTaskModel's methods call these.
     def check_task(self, name: str) -> None:
+        """Raise ``KeyError`` naming ``name`` and the known tasks unless ``name`` has adapters here."""
         if name not in self:
-            raise KeyError(f"unknown task {name!r}; tasks with adapters: {sorted(self.keys())}")
+            raise KeyError(f"unknown task {name!r}; this model's tasks: {list(self.keys())}")
 
     def set_task(self, name: str | None) -> None:
         """Route every row to ``name``'s adapters by default, model-wide; ``None`` runs the bare backbone.
@@ -105,7 +109,7 @@ class AdapterBank(nn.ModuleDict):
         """
         if name is not None:
             self.check_task(name)
-        self.router.set_task(name)
+        self.router.set_default(Routing.one_task(name))
 
     @contextmanager
     def use_task(self, name: str | None) -> Iterator[None]:
@@ -136,13 +140,13 @@ class AdapterBank(nn.ModuleDict):
         return replica
 
     # ---- what a site computes -------------------------------------------------------------
-    def transform(self, stage: str, x: torch.Tensor, h_in: torch.Tensor | None, depth: int, routing: Routing,
+    def transform(self, stage: Stage, x: torch.Tensor, h_in: torch.Tensor | None, depth: int, routing: Routing,
                   keep: torch.Tensor | None) -> torch.Tensor:
-        """Apply every routed task's adapters of ``stage`` ("norm" or "output") at ``depth``.
+        """Apply every routed task's adapters that act at ``stage`` (placement.py) of layer ``depth``.
 
-        ``x``: ``(B, T, d_m)`` the norm input or the layer output; ``h_in``: ``(B, T, d_m)`` the
-        layer input; ``keep``: ``(B, 1, 1, T)`` padding mask or None. Each task acts on its own
-        segment of rows.
+        ``x``: ``(B, T, d_m)`` the last norm's input (``Stage.RESIDUAL``) or the layer output;
+        ``h_in``: ``(B, T, d_m)`` the layer input; ``keep``: ``(B, 1, 1, T)`` padding mask or None.
+        Each task acts on its own segment of rows.
         """
         segments = routing.segments
         if not segments:
@@ -160,20 +164,19 @@ class AdapterBank(nn.ModuleDict):
             parts.append(self._apply_task(seg.task, stage, x[rows], seg_in, depth, seg_keep))
         return torch.cat(parts)
 
-    def _apply_task(self, task: str | None, stage: str, x: torch.Tensor, h_in: torch.Tensor | None, depth: int,
+    def _apply_task(self, task: str | None, stage: Stage, x: torch.Tensor, h_in: torch.Tensor | None, depth: int,
                     keep: torch.Tensor | None) -> torch.Tensor:
         if task is None:  # rows that run the bare backbone
             return x
         adapter: TaskAdapter = self[task]
         if depth not in adapter.depths:
             return x
-        if adapter.ts is None:  # LHUC alone scales the layer output, whatever the placement
-            return x * _in_dtype(adapter.output_scale(depth), x.dtype) if stage == "output" else x
-        if adapter.placement == "serial":
-            return x + _delta(adapter, x, depth, keep, x.dtype) if stage == "output" else x
-        # Parallel: TS reads the layer input and joins the last residual sum.
-        joins_here = stage == ("output" if self.pre_ln else "norm")
-        return x + _delta(adapter, h_in, depth, keep, x.dtype) if joins_here else x
+        rule = self.rules[adapter.placement] if adapter.ts is not None else SCALE  # placement.py's table
+        if stage is not rule.acts_at:
+            return x
+        if rule.scales:
+            return x * _in_dtype(adapter.output_scale(depth), x.dtype)
+        return x + _delta(adapter, h_in if rule.reads_input else x, depth, keep, x.dtype)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def attach(self) -> None:

@@ -18,26 +18,37 @@ that another call, in another thread, could see.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import torch
 
-from .routing import Replication
+
+@dataclass(frozen=True)
+class Replication:
+    """``predict_all``'s plan: inside layer ``depth``, repeat the batch of ``batch`` rows ``n`` times."""
+
+    depth: int
+    n: int
+    batch: int
+
+    def repeat(self, value: Any) -> Any:
+        """The one replication rule: a tensor whose first dim is ``batch`` is repeated ``n`` times
+        along dim 0 (``(batch, ...) -> (n·batch, ...)``), a tuple item by item; anything else (None,
+        scalars, tensors already repeated or not batch-shaped) is returned as it is."""
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0 or value.shape[0] != self.batch:
+                return value
+            return value.repeat(self.n, *([1] * (value.dim() - 1)))
+        if isinstance(value, tuple):
+            return tuple(self.repeat(v) for v in value)
+        return value
 
 
 def replication_plan(depth: int, n: int, batch: int) -> Replication | None:
     """Repeat a batch of ``batch`` rows ``n`` times from layer ``depth``; None when ``n`` is 1."""
     return None if n == 1 else Replication(depth, n, batch)
-
-
-def _repeat(value: Any, n: int, batch: int) -> Any:
-    """Repeat batch-shaped tensors (first dim == ``batch``) ``n`` times along dim 0."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-        return value.repeat(n, *([1] * (value.dim() - 1)))
-    if isinstance(value, tuple):
-        return tuple(_repeat(v, n, batch) for v in value)
-    return value
 
 
 @cache
@@ -67,10 +78,10 @@ class LayerArgs:
             if param.kind is inspect.Parameter.VAR_KEYWORD:
                 bound.arguments[name] = {k: self._maybe(plan, k, v) for k, v in value.items()}
             elif name == first:  # hidden states: only the first replicated layer sees `batch` rows
-                bound.arguments[name] = _repeat(value, plan.n, plan.batch)
+                bound.arguments[name] = plan.repeat(value)
             else:
                 bound.arguments[name] = self._maybe(plan, name, value)
         return bound.args, bound.kwargs
 
     def _maybe(self, plan: Replication, name: str, value: Any) -> Any:
-        return _repeat(value, plan.n, plan.batch) if name in self.batch_args else value
+        return plan.repeat(value) if name in self.batch_args else value

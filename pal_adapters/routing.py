@@ -34,9 +34,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.compiler import is_dynamo_compiling
+
+if TYPE_CHECKING:
+    from .replicate import Replication
 
 ALL_ROWS = -1  # a segment stop meaning "to the end of the batch"
 
@@ -52,21 +56,6 @@ class Segment:
 
     def rows(self) -> slice:
         return slice(self.start, None if self.stop == ALL_ROWS else self.stop)
-
-
-@dataclass(frozen=True)
-class Replication:
-    """``predict_all``'s plan: inside layer ``depth``, repeat the batch of ``batch`` rows ``n`` times."""
-
-    depth: int
-    n: int
-    batch: int
-
-    def repeat(self, x: torch.Tensor | None) -> torch.Tensor | None:
-        """Rows repeated ``n`` times along dim 0 when ``x`` still has the original batch size."""
-        if x is None or x.dim() == 0 or x.shape[0] != self.batch:
-            return x
-        return x.repeat(self.n, *([1] * (x.dim() - 1)))
 
 
 @dataclass(frozen=True)
@@ -179,9 +168,9 @@ class Router:
         """The active task(s) that a call from this context would use without choosing its own."""
         return self.current().active
 
-    def set_task(self, task: str | None) -> None:
-        """Make ``task`` the model-wide default (``None``: no adapters act), for every thread."""
-        self.default = Routing.one_task(task)
+    def set_default(self, routing: Routing) -> None:
+        """Make ``routing`` the model-wide default, for every thread (``AdapterBank.set_task``)."""
+        self.default = routing
 
     @contextmanager
     def routed(self, routing: Routing) -> Iterator[None]:

@@ -4,10 +4,9 @@ Per layer, one ``LayerSite`` owns four hooks:
 - before the layer: settle its depth (from the call order where one module serves many depths),
   and, for ``predict_all`` above the replication point, repeat the layer's batch-shaped arguments;
 - before the layer's first submodule: remember the layer input ``h_l`` (parallel adapters read it);
-- before the layer's last norm (post-LN only): add ``TS(h_l)`` to the residual sum it receives
-  (parallel placement, the reference code's ``self.output(intermediate, attention_output + TS)``);
-- after the layer: serial adapters ``h + TS(h)``, LHUC alone ``h · 2σ(θ)``, and parallel adapters
-  of pre-LN layers, whose output is the residual sum.
+- before the layer's last norm (post-LN only): the adapters that act at ``Stage.RESIDUAL``;
+- after the layer: the adapters that act at ``Stage.OUTPUT``.
+Which adapter acts where (parallel / serial, pre- / post-LN, LHUC alone) is placement.py's table.
 The encoder's own pre-hook opens a ``ForwardState`` for the call (routing.py) and its post-hook,
 which runs even when the forward raises, closes it. Every site hook reads that state and writes
 only into it, so concurrent forwards (threads, asyncio tasks) never see each other's routing.
@@ -26,6 +25,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from .placement import Stage, last_residual
 from .replicate import LayerArgs, forward_signature
 from .routing import ForwardState, Router, padding_keep
 
@@ -60,7 +60,7 @@ class LayerSite:
 
     def __init__(self, bank, index: int, depth: int | None, layer: nn.Module):
         self.router: Router = bank.router
-        self.pre_ln = bank.pre_ln
+        self.sum_stage = last_residual(bank.pre_ln)  # where predict_all replicates the batch
         self.index = index
         self.depth = depth
         self.layer_args = LayerArgs(layer, bank.resolved.layout.batch_args)
@@ -129,22 +129,26 @@ class LayerSite:
         state = self._state()
         if state is None:
             return None
-        depth = self._depth(state)
-        x = self._replicate(state, depth, args[0])
-        x = state.bank.transform("norm", x, state.inputs.get(self.index), depth, state.routing, state.keep)
+        x = self._act(Stage.RESIDUAL, state, args[0])
         return None if x is args[0] else (x, *args[1:])
 
     def after_layer(self, module: nn.Module, args: tuple, output):
         state = self._state()
         if state is None:
             return None
-        depth = self._depth(state)
         h = output[0] if isinstance(output, tuple) else output
-        start = self._replicate(state, depth, h) if self.pre_ln else h  # pre-LN: the output is the last residual sum
-        new = state.bank.transform("output", start, state.inputs.get(self.index), depth, state.routing, state.keep)
+        new = self._act(Stage.OUTPUT, state, h)
         if new is h:
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def _act(self, stage: Stage, state: ForwardState, x: torch.Tensor) -> torch.Tensor:
+        """``x`` at ``stage`` after the routed adapters that act there (placement.py's table); the
+        batch is replicated first where the last residual sum is seen."""
+        depth = self._depth(state)
+        if stage is self.sum_stage:
+            x = self._replicate(state, depth, x)
+        return state.bank.transform(stage, x, state.inputs.get(self.index), depth, state.routing, state.keep)
 
     # ---- gradient checkpointing -----------------------------------------------------------
     def _bind_checkpointing(self, module: nn.Module) -> None:

@@ -122,3 +122,32 @@ def test_unlisted_bert_like_models_are_detected_and_adapted(arch):
     randomize_adapters(model)
     assert (hidden(model, batch) - before).abs().max() > 1e-3
     remove_adapters(model)
+
+
+def test_the_placement_table_has_a_row_for_every_placement_and_layer_kind():
+    from typing import get_args
+
+    from pal_adapters.config import Placement
+    from pal_adapters.placement import PLACEMENTS, SCALE, Stage, last_residual, site_rules
+
+    assert set(PLACEMENTS) == {(p, pre) for p in get_args(Placement) for pre in (False, True)}
+    # Parallel TS reads the layer input and joins the last residual sum; serial TS maps the output.
+    for pre_ln in (False, True):
+        rules = site_rules(pre_ln)
+        assert rules["parallel"].reads_input and rules["parallel"].acts_at is last_residual(pre_ln)
+        assert not rules["serial"].reads_input and rules["serial"].acts_at is Stage.OUTPUT
+    assert SCALE.scales and SCALE.acts_at is Stage.OUTPUT
+    assert last_residual(True) is Stage.OUTPUT and last_residual(False) is Stage.RESIDUAL
+
+
+def test_replication_repeats_batch_shaped_values_only():
+    from pal_adapters.replicate import replication_plan
+
+    plan = replication_plan(depth=1, n=3, batch=2)
+    x, other = torch.arange(4.0).reshape(2, 2), torch.zeros(5, 2)
+    assert torch.equal(plan.repeat(x), torch.cat([x, x, x]))
+    assert plan.repeat(other) is other and plan.repeat(None) is None and plan.repeat(7) == 7
+    assert plan.repeat(torch.tensor(1.0)).dim() == 0
+    pair = plan.repeat((x, other))
+    assert pair[0].shape == (6, 2) and pair[1] is other
+    assert replication_plan(depth=0, n=1, batch=2) is None

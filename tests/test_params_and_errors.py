@@ -91,7 +91,7 @@ def test_unsupported_model_names_its_type_and_how_to_pass_a_layout():
 def test_unknown_task_and_bad_task_names_are_rejected():
     model = tiny_model("bert")
     bank = inject_adapters(model, AdapterConfig(hidden_size=6), tasks=["a"])
-    with pytest.raises(KeyError, match=r"unknown task 'b'; tasks with adapters: \['a'\]"):
+    with pytest.raises(KeyError, match=r"unknown task 'b'; this model's tasks: \['a'\]"):
         bank.set_task("b")
     with pytest.raises(ValueError, match=r"task name 'a.b' must be"):
         bank.add_task("a.b")
