@@ -7,6 +7,8 @@ and its loss are decided by the task's kind (``pal_adapters.tasks``, table in ``
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import torch
 from torch import nn
 
@@ -38,6 +40,26 @@ class TaskHead(nn.Module):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The kind's scalar loss; bad labels raise an error naming them (see ``TaskKind.loss``)."""
         return self.kind.loss(logits, labels)
+
+
+class TaskDefinitions(Mapping[str, TaskConfig]):
+    """``MultiTaskModel.tasks``: task name -> its ``TaskConfig``, a live read-only view of the heads
+    (each head holds its task's definition), so the model keeps one registry of tasks, not two."""
+
+    def __init__(self, heads: nn.ModuleDict):
+        self._heads = heads
+
+    def __getitem__(self, name: str) -> TaskConfig:
+        return self._heads[name].task
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._heads)
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self)!r})"
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooled: torch.Tensor | None, how: str) -> torch.Tensor:

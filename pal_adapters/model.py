@@ -9,7 +9,7 @@ backbone runs once at full batch, each adapter and head once on its slice.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from . import saving
 from .config import AdapterConfig, TaskConfig, resolve_adapter_config
-from .heads import TaskHead, pool
+from .heads import TaskDefinitions, TaskHead, pool
 from .inject import AdapterBank, get_bank, inject_adapters
 from .inputs import InputLimits, task_index
 from .io import fingerprint
@@ -66,8 +66,7 @@ class MultiTaskModel(nn.Module):
         self.backbone = getattr(backbone, "base_model", backbone)  # a *For... model gives up its head
         self.adapter_config = resolve_adapter_config(adapter)
         inject_adapters(self.backbone, self.adapter_config, tasks=(), layout=layout)
-        self.heads = nn.ModuleDict()
-        self.tasks: dict[str, TaskConfig] = {}
+        self.heads = nn.ModuleDict()  # with the bank, the model's one registry of tasks (see add_task)
         self.backbone_frozen = freeze_backbone
         self.input_limits = InputLimits.of(self.backbone)  # what forward accepts (inputs.py)
         # Computed now, before any tuning: saved adapters are checked against the base they came from.
@@ -88,30 +87,39 @@ class MultiTaskModel(nn.Module):
     @property
     def task_names(self) -> list[str]:
         """Task order; ``task_ids`` given as integers index into it."""
-        return list(self.tasks)
+        return list(self.heads)
 
-    # ---- tasks ----------------------------------------------------------------------------
+    @property
+    def tasks(self) -> Mapping[str, TaskConfig]:
+        """Task name -> definition, in task order (read-only: change it with ``add_task``/``remove_task``)."""
+        return TaskDefinitions(self.heads)
+
+    # ---- tasks: a task is its adapters (the bank) and its head; these add or drop both -------
     def add_task(self, name: str, spec: TaskConfig | Mapping[str, Any] | int | str = 2) -> None:
-        """Add a task with fresh adapters (identity) and head; other tasks are untouched."""
+        """Add a task with fresh adapters (identity) and head; other tasks are untouched. All or
+        nothing: on any failure (KeyboardInterrupt too) the model is left as it was."""
         task = as_task_config(spec)
         if task.pooling == "pooler" and getattr(self.backbone, "pooler", None) is None:
             raise ValueError(f"task {name!r}: pooling='pooler' but {type(self.backbone).__name__} has no pooler; "
                              "use pooling='cls' or 'mean'")
         self.bank.add_task(name, task.adapter or self.adapter_config)
-        head = TaskHead(task, self.bank.d_model)
-        ref = next(self.backbone.parameters())
-        self.heads[name] = head.to(device=ref.device, dtype=ref.dtype).train(self.training)
-        self.tasks[name] = task
+        try:
+            ref = next(self.backbone.parameters())
+            head = TaskHead(task, self.bank.d_model).to(device=ref.device, dtype=ref.dtype)
+            self.heads[name] = head.train(self.training)
+        except BaseException:
+            self.bank.remove_task(name)
+            raise
 
     def remove_task(self, name: str) -> None:
         self.check_task(name)
-        self.bank.remove_task(name)
         del self.heads[name]
-        del self.tasks[name]
+        self.bank.remove_task(name)
 
+    # Checking and choosing a task have one home, the bank (inject.py); the model's tasks are its tasks.
     def check_task(self, name: str) -> None:
-        if name not in self.tasks:
-            raise KeyError(f"unknown task {name!r}; this model's tasks: {self.task_names}")
+        """Raise ``KeyError`` naming ``name`` and this model's tasks unless it is one of them."""
+        self.bank.check_task(name)
 
     def set_task(self, name: str | None) -> None:
         """Make ``name`` the task used when ``forward`` gets neither ``task`` nor ``task_ids``.
@@ -119,21 +127,15 @@ class MultiTaskModel(nn.Module):
         Model-wide: every thread's calls that choose no task get it (for Trainer, pipelines). To
         serve several tasks at once pass ``task=`` per call, or use ``use_task`` per thread/request.
         """
-        if name is not None:
-            self.check_task(name)
         self.bank.set_task(name)
 
-    @contextmanager
-    def use_task(self, name: str | None) -> Iterator[None]:
+    def use_task(self, name: str | None) -> AbstractContextManager[None]:
         """Route calls without ``task=`` to ``name`` inside the block (``None``: bare backbone).
 
         Local to this thread or asyncio task (see ``AdapterBank.use_task``); other threads keep
         their own routing, and the ``set_task`` default is untouched.
         """
-        if name is not None:
-            self.check_task(name)
-        with self.bank.use_task(name):
-            yield
+        return self.bank.use_task(name)
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         freeze_backbone(self.backbone, frozen)
@@ -199,13 +201,13 @@ class MultiTaskModel(nn.Module):
         head: TaskHead = self.heads[task]
         if head.token_level:
             return head.kind.mask_logits(head(hidden), mask)
-        return head(pool(hidden, mask, pooled, self.tasks[task].pooling))
+        return head(pool(hidden, mask, pooled, head.task.pooling))
 
     def _forward_mixed(self, inputs: dict[str, Any], labels: Any, ids: torch.Tensor) -> MultiTaskOutput:
         order = torch.sort(ids.cpu(), stable=True).indices  # rows grouped by task, order kept within
         device = _batch_device(inputs)
         inputs = {k: v.index_select(0, order.to(v.device)) if _is_batch(v, ids) else v for k, v in inputs.items()}
-        counts = torch.bincount(ids.cpu(), minlength=len(self.tasks)).tolist()
+        counts = torch.bincount(ids.cpu(), minlength=len(self.heads)).tolist()
         segments, rows, start = [], {}, 0
         for index, count in enumerate(counts):
             if count:

@@ -23,16 +23,13 @@ if TYPE_CHECKING:
 
 @contextmanager
 def task_removed_on_failure(model: MultiTaskModel, name: str) -> Iterator[None]:
-    """Any failure inside (KeyboardInterrupt too) removes what was added of task ``name``, even a half-added
-    task (adapters without a head), so the model is as before and a retry can add it."""
+    """Any failure inside (KeyboardInterrupt too) removes task ``name`` if it was added, so the model is as
+    before and a retry can add it. ``add_task`` itself is all or nothing: there is no half-added task."""
     try:
         yield
     except BaseException:
-        if name in model.bank:
-            model.bank.remove_task(name)
-        if name in model.heads:
-            del model.heads[name]
-        model.tasks.pop(name, None)
+        if name in model.tasks:
+            model.remove_task(name)
         raise
 
 

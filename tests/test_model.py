@@ -142,6 +142,27 @@ def test_adding_and_removing_tasks_leaves_other_tasks_bit_identical():
     assert "c" not in model.heads and "c" not in model.bank and model.task_names == ["a", "b"]
 
 
+@pytest.mark.parametrize("error", [RuntimeError("no head today"), KeyboardInterrupt()])
+def test_a_task_is_added_whole_or_not_at_all_and_tasks_is_a_view_of_it(monkeypatch, error):
+    import pal_adapters.model as model_module
+
+    model = build(tasks={"a": TASKS["cls"]})
+    assert model.tasks == {"a": TASKS["cls"]} and model.tasks["a"] is model.heads["a"].task
+    with pytest.raises(TypeError):
+        model.tasks["b"] = TASKS["reg"]  # read-only: tasks change through add_task / remove_task
+
+    def broken(*args, **kwargs):  # fails after the task's adapters were added
+        raise error
+
+    monkeypatch.setattr(model_module, "TaskHead", broken)
+    with pytest.raises(type(error)):
+        model.add_task("b", TASKS["reg"])
+    assert list(model.bank) == list(model.heads) == list(model.tasks) == ["a"]
+    monkeypatch.undo()
+    model.add_task("b", TASKS["reg"])  # nothing half-added blocks the retry
+    assert list(model.bank) == list(model.heads) == model.task_names == ["a", "b"]
+
+
 def test_set_task_and_use_task_route_calls_without_a_task_argument():
     model = build(tasks={"a": TASKS["cls"], "b": TASKS["cls"]})
     batch = tiny_batch()
