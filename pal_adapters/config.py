@@ -151,8 +151,8 @@ class AdapterConfig:
         """LHUC vectors are learnt: the method has no TS (LHUC alone), or ``lhuc=True`` on top."""
         return not self.method.has_ts or self.lhuc
 
-    def resolved_hidden_size(self, d_model: int) -> int:
-        """d_s for a backbone of width ``d_model`` (the method's rule when ``hidden_size`` is None)."""
+    def resolved_hidden_size(self, d_model: int) -> int | None:
+        """d_s for a backbone of width ``d_model`` (``hidden_size``, else the method's rule; may be None)."""
         return self.method.hidden_size(self, d_model)
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ saving, loading, placement, LHUC on top, merging rules, inspect and the PEFT plu
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -95,3 +96,57 @@ def test_the_peft_config_mirrors_every_adapter_field_with_the_same_default():
     for name, f in core.items():
         assert peft[name].default == f.default, name
     assert PalPeftConfig().adapter_config == AdapterConfig()
+
+
+# ---- the toy method of docs/adding-a-method.md: defined here, nothing in the library changes -------
+class ScaleShift(nn.Module):
+    """TS(h) = a_depth ⊙ h + b_depth, ``(B, T, d_m) -> (B, T, d_m)``; a = b = 0 at initialisation."""
+
+    def __init__(self, d_model: int, depths: tuple[int, ...], config: AdapterConfig):
+        super().__init__()
+        self.scale = nn.ParameterDict({str(d): nn.Parameter(torch.zeros(d_model)) for d in depths})
+        self.shift = nn.ParameterDict({str(d): nn.Parameter(torch.zeros(d_model)) for d in depths})
+
+    def forward(self, h: torch.Tensor, depth: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+        return h * self.scale[str(depth)] + self.shift[str(depth)]
+
+
+@pytest.fixture
+def scale_shift():
+    method = register_method(AdapterMethod("scale_shift", ScaleShift, size_ratio=None))  # no bottleneck: no d_s
+    yield method
+    del ADAPTER_METHODS["scale_shift"]
+
+
+@pytest.mark.parametrize("placement", ["parallel", "serial"])
+def test_a_toy_scale_and_shift_method_trains_only_its_own_parameters_and_round_trips(scale_shift, tmp_path,
+                                                                                      placement):
+    from pal_adapters.cli_inspect import inspect_path, render_inspection
+
+    bare, batch, labels = tiny_model("bert"), tiny_batch(), torch.tensor([0, 1, 1])
+    model = add_pal(tiny_model("bert"), tasks={"a": 2}, adapter=AdapterConfig(kind="scale_shift", placement=placement))
+    with torch.no_grad():  # identity at initialisation
+        assert torch.equal(model.backbone(**batch).last_hidden_state, bare(**batch).last_hidden_state)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    losses = []
+    for _ in range(8):
+        loss = model(**batch, task="a", labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    own = {n for n in before if n.startswith(("backbone.pal_adapters.a.ts.", "heads.a."))}
+    assert changed == own and any(".ts.scale." in n for n in own) and any(".ts.shift." in n for n in own)
+
+    model.save_pretrained(tmp_path / "m")
+    loaded = MultiTaskModel.from_pretrained(tmp_path / "m", backbone=tiny_model("bert"))
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch, task="a").logits, model(**batch, task="a").logits)
+    info = inspect_path(tmp_path / "m")
+    assert info["tasks"][0]["adapter"] == {"method": "scale_shift", "lhuc": False, "placement": placement,
+                                           "layers": [0, 1], "d_s": None}
+    assert re.search(rf"^a +classification +2 +scale_shift +{placement} +0-1 +- ", render_inspection(info), re.M)

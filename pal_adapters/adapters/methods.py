@@ -8,7 +8,7 @@ what ``inspect`` shows. Nothing else compares ``kind`` to a string.
 Adding a method = one module with its TS module (``forward(h, depth, keep)``: ``(B, T, d_m) ->
 (B, T, d_m)``, identity at initialisation) + ``register_method(AdapterMethod(...))`` + its tests.
 Saving, loading, routing, placement (parallel/serial), LHUC on top, the PEFT plugin and the CLI
-then work for it unchanged (README: "Adding an adapter method").
+then work for it unchanged (docs/adding-a-method.md).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class AdapterMethod:
         name: the ``AdapterConfig.kind`` string (the registry key).
         build: ``(d_model, depths, config) -> module`` computing TS(h) at each adapted depth;
             ``None`` for a method without TS (LHUC alone scales the layer output).
-        size_ratio: default d_s / d_m when ``config.hidden_size`` is None.
+        size_ratio: default d_s / d_m when ``config.hidden_size`` is None; ``None`` for a method
+            without a bottleneck (no d_s: ``inspect`` shows "-").
         heads_split_size: d_s is split into ``config.num_heads`` equal heads (PAL): the default is
             rounded to a multiple of them and an explicit one must divide by them.
         shares_projections: one V^E/V^D pair per task, reused by every adapted layer (PAL).
@@ -45,7 +46,7 @@ class AdapterMethod:
 
     name: str
     build: Build | None
-    size_ratio: float = 204 / 768
+    size_ratio: float | None = 204 / 768
     heads_split_size: bool = False
     shares_projections: bool = False
     mergeable: bool = False
@@ -56,9 +57,9 @@ class AdapterMethod:
     def has_ts(self) -> bool:
         return self.build is not None
 
-    def hidden_size(self, config: AdapterConfig, d_model: int) -> int:
-        """d_s for a backbone of width ``d_model``: the config's, else ``size_ratio``·d_m."""
-        if config.hidden_size is not None:
+    def hidden_size(self, config: AdapterConfig, d_model: int) -> int | None:
+        """d_s for a backbone of width ``d_model``: the config's, else ``size_ratio``·d_m (None without one)."""
+        if config.hidden_size is not None or self.size_ratio is None:
             return config.hidden_size
         step = config.num_heads if self.heads_split_size else 1
         return max(step, round(self.size_ratio * d_model / step) * step)
