@@ -94,7 +94,7 @@ class MultiTaskModel(nn.Module):
         """Task name -> definition, in task order (read-only: change it with ``add_task``/``remove_task``)."""
         return TaskDefinitions(self.heads)
 
-    # ---- tasks: a task is its adapters (the bank) and its head; these add or drop both -------
+    # ---- tasks: its adapters (in the bank, which checks and chooses tasks) and its head --------
     def add_task(self, name: str, spec: TaskConfig | Mapping[str, Any] | int | str = 2) -> None:
         """Add a task with fresh adapters (identity) and head; other tasks are untouched. All or
         nothing: on any failure (KeyboardInterrupt too) the model is left as it was."""
@@ -116,7 +116,6 @@ class MultiTaskModel(nn.Module):
         del self.heads[name]
         self.bank.remove_task(name)
 
-    # Checking and choosing a task have one home, the bank (inject.py); the model's tasks are its tasks.
     def check_task(self, name: str) -> None:
         """Raise ``KeyError`` naming ``name`` and this model's tasks unless it is one of them."""
         self.bank.check_task(name)
