@@ -8,7 +8,7 @@
 when a runner is made. The transformers-native view of one task is ``pal_adapters.task_view``.
 """
 
-from .onnx import GraphCard, card_path, export_all_tasks, export_task
+from .onnx import GraphCard, card_path, export_all_tasks, export_task, require_onnx
 from .runtime import OnnxRunner, onnx_logits
 
-__all__ = ["GraphCard", "OnnxRunner", "card_path", "export_all_tasks", "export_task", "onnx_logits"]
+__all__ = ["GraphCard", "OnnxRunner", "card_path", "export_all_tasks", "export_task", "onnx_logits", "require_onnx"]

@@ -11,11 +11,18 @@ needs besides a tokenizer to give ``predict``'s answers (``runtime.py``).
 Exporters: ``"torchscript"`` (the default) traces the model's own forward and exports every
 supported family in one or two seconds; ``"dynamo"`` (``torch.export``) gives the same graph
 in 10-30 s. Both were checked against PyTorch on the nine families of ``tests/helpers.py``.
+
+Both files are written atomically (a temporary sibling renamed into place, ``atomic.py``), the
+graph before its card: a reader never sees half a graph, and a killed export leaves the previous
+pair. The graph is one self-contained file (weights inside), so it must stay under protobuf's
+2 GB (a BERT-large is 1.3 GB).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..atomic import atomic_file, default_mode, remove_stale_files
 from ..model import MultiTaskModel, inference
 from .graphs import AllTasksGraph, TaskGraph, example_inputs, graph_inputs
 
@@ -32,6 +40,7 @@ Exporter = Literal["torchscript", "dynamo"]
 CARD_FORMAT, CARD_VERSION = "pal_adapters.onnx", 1
 AXES = {0: "batch", 1: "sequence"}
 DEFAULT_OPSET = 17
+EXTRA_MODULES = {"torchscript": ("onnx",), "dynamo": ("onnx", "onnxscript")}  # what each exporter imports
 
 
 @dataclass
@@ -51,7 +60,8 @@ class GraphCard:
     versions: dict[str, str] = field(default_factory=dict)
 
     def write(self, path: Path) -> Path:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        with atomic_file(path, "w") as f:
+            f.write(json.dumps(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod
@@ -93,9 +103,12 @@ def _write(model: MultiTaskModel, graph: nn.Module, path: Path, names: tuple[str
            exporter: Exporter, opset: int) -> GraphCard:
     if path.suffix != ".onnx":
         raise ValueError(f"output path {str(path)!r} must end in .onnx (the task card goes beside it as .json)")
+    if exporter not in EXTRA_MODULES:
+        raise ValueError(f"exporter={exporter!r}; choose one of {sorted(EXTRA_MODULES)}")
+    require_onnx(exporter)
     path.parent.mkdir(parents=True, exist_ok=True)
     with inference(model):
-        _export(graph, example_inputs(model, names), path, names, list(outputs.values()), exporter, opset)
+        _export_atomically(graph, example_inputs(model, names), path, names, list(outputs.values()), exporter, opset)
     card = GraphCard(graph=path.name, inputs=list(names), outputs=outputs,
                      tasks={t: model.tasks[t].to_dict() for t in outputs}, all_tasks=isinstance(graph, AllTasksGraph),
                      base_model=getattr(model.config, "name_or_path", None) or None, exporter=exporter, opset=opset,
@@ -104,11 +117,23 @@ def _write(model: MultiTaskModel, graph: nn.Module, path: Path, names: tuple[str
     return card
 
 
+def _export_atomically(graph: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: tuple[str, ...],
+                       outputs: list[str], exporter: Exporter, opset: int) -> None:
+    """``_export`` into ``.<name>.<pid>.<random>.tmp`` beside ``path`` (``atomic_file``'s naming, so
+    a killed export's leftover is removed by the next write of ``path``), then renamed over ``path``."""
+    remove_stale_files(path, only_dead=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        _export(graph, args, tmp, names, outputs, exporter, opset)
+        os.chmod(tmp, default_mode(directory=False))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _export(graph: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: tuple[str, ...],
             outputs: list[str], exporter: Exporter, opset: int) -> None:
     """Run one exporter with batch and sequence dynamic on every input (and output)."""
-    if exporter not in ("torchscript", "dynamo"):
-        raise ValueError(f"exporter={exporter!r}; choose 'torchscript' or 'dynamo'")
     graph.eval()
     common = dict(input_names=list(names), output_names=outputs, opset_version=opset)
     traced = graph(*args)
@@ -123,8 +148,25 @@ def _export(graph: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names:
             torch.onnx.export(graph, args, str(path), dynamo=False, **common,
                               dynamic_axes={**{n: AXES for n in names}, **out_axes})
         else:
-            torch.onnx.export(graph, args, str(path), dynamo=True, verbose=False, **common,
+            torch.onnx.export(graph, args, str(path), dynamo=True, verbose=False, external_data=False, **common,
                               dynamic_shapes=(tuple(AXES for _ in names),))  # forward(*tensors): one argument
+
+
+def require_onnx(exporter: str = "torchscript", modules: Sequence[str] | None = None) -> None:
+    """Raise ``ImportError`` naming the onnx extra when a module it provides is not installed
+    (only a missing module: a module that fails inside its own imports raises as it is)."""
+    wanted = modules if modules is not None else EXTRA_MODULES.get(exporter, ())
+    missing = []
+    for name in wanted:
+        try:
+            __import__(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            missing.append(name)
+    if missing:
+        raise ImportError(f"ONNX export and the ONNX backend need {' and '.join(missing)} (not installed): "
+                          'pip install "pal-adapters[onnx]"')
 
 
 def _output_axes(logits: torch.Tensor) -> dict[int, str]:

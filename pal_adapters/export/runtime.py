@@ -11,7 +11,7 @@ entity spans, QA answers) exactly as it does for the PyTorch model::
     predictions, skipped = runner.predict_rows(tokenizer, [{"text": "a fine film"}])
 
 Nothing here imports PyTorch modules of the model; ``onnxruntime`` is imported when a runner is
-made (``pip install 'pal-adapters[onnx]'``).
+made (``pip install "pal-adapters[onnx]"``).
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ import torch
 
 from ..config import TaskConfig
 from ..tasks import TaskKind, kind_of
-from .onnx import GraphCard, card_path
+from .onnx import GraphCard, card_path, require_onnx
 
 
 def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise ImportError("the ONNX backend needs onnxruntime: pip install 'pal-adapters[onnx]'") from err
+    require_onnx(modules=("onnxruntime",))
+    import onnxruntime
+
     return onnxruntime
 
 
