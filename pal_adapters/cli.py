@@ -4,6 +4,8 @@
     pal-adapters eval runs/glue_pal/best examples/glue_pal.yaml --json
     pal-adapters predict runs/glue_pal/best --task sst2 "a gripping, funny film"
     pal-adapters inspect runs/glue_pal/best
+    pal-adapters export runs/glue_pal/best --all-tasks -o all.onnx
+    pal-adapters predict all.onnx --backend onnx --task sst2 "a gripping, funny film"
 
 Mistakes a user can fix (a missing file, a bad field, a model saved for another base) print one
 ``error: ...`` line on stderr and exit with status 2; ``--debug`` shows the traceback instead.
@@ -182,8 +184,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if len(args.texts) == 2:
         print("note: the two texts are read as one pair (text, text_b); tasks that read one text skip it",
               file=sys.stderr)
-    model, tokenizer = load_saved(args.model_dir, args.model)
-    for line in predict_lines(model, tokenizer, rows, split_names(args.task), args.batch_size, args.max_length):
+    if args.backend == "onnx":  # model_dir is an exported graph; ONNX Runtime computes the logits
+        from .cli_predict import load_graph
+        from .export import onnx_logits
+
+        (model, tokenizer), logits_fn = load_graph(args.model_dir, args.model), onnx_logits
+    else:
+        from .predict import task_logits
+
+        (model, tokenizer), logits_fn = load_saved(args.model_dir, args.model), task_logits
+    for line in predict_lines(model, tokenizer, rows, split_names(args.task), args.batch_size, args.max_length,
+                              logits_fn):
         print(line)
     return 0
 
@@ -204,6 +215,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = inspect_path(args.path)
     print(json.dumps(info, indent=2) if args.json else render_inspection(info))
     return 0 if info["integrity"] == "ok" else 1  # a damaged save is described, and its status says so
+
+
+# ---- export ------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import card_path, export_all_tasks, export_task, require_onnx
+
+    output = Path(args.output)
+    if output.suffix != ".onnx":  # checked before a model is loaded
+        raise ValueError(f"-o {args.output!r} must end in .onnx (the task card goes beside it as .json)")
+    require_onnx(args.exporter)
+    model, _ = load_saved(args.model_dir, args.model)
+    if args.all_tasks:
+        card = export_all_tasks(model, output, exporter=args.exporter, opset=args.opset)
+    else:
+        card = export_task(model, args.task, output, exporter=args.exporter, opset=args.opset)
+    size = output.stat().st_size / 2**20
+    print(f"wrote {output} ({size:.1f} MiB; outputs {card.outputs}) and its task card {card_path(output)}")
+    return 0
 
 
 # ---- the parser --------------------------------------------------------------------------------
@@ -237,7 +266,7 @@ def _add_eval(sub) -> None:
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict every (or the chosen) task for texts; one JSON line per input")
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", help="a saved model folder (with --backend onnx: a graph from pal-adapters export)")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="TEXT [TEXT_B] (or use --input)")
     p.add_argument("--input", help="JSONL file with 'text' (and 'text_b'), or 'question' and 'context', per line")
     p.add_argument("--question", help="extractive QA: the question (with --context); prints answer and span")
@@ -247,6 +276,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: each task's own, "
                    "saved with the model)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch: the saved model in PyTorch; onnx: an exported graph in ONNX Runtime (the onnx extra; "
+                   "--model names the tokenizer, default the graph's base model)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -255,6 +287,22 @@ def _add_inspect(sub) -> None:
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export one task, or all tasks, of a saved model as an ONNX graph")
+    p.add_argument("model_dir")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", help="the task whose graph to write (output 'logits')")
+    which.add_argument("--all-tasks", action="store_true",
+                       help="one graph of every task (predict_all): one output per task, named by the task")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="the graph; OUT.json is written beside it")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--model", help="the base encoder (default: the one the model records)")
+    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
+                   help="torchscript traces in seconds; dynamo (torch.export) gives the same graph more slowly")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.set_defaults(func=cmd_export)
 
 
 def _add_serve(sub) -> None:
@@ -277,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--version", action="version", version=f"pal-adapters {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_predict, _add_inspect, _add_serve):
+    for add in (_add_train, _add_eval, _add_predict, _add_inspect, _add_export, _add_serve):
         add(sub)
     return parser
 
@@ -301,7 +349,7 @@ def quiet_libraries(command: str) -> None:
         import datasets
 
         datasets.disable_progress_bars()
-    if command in ("train", "eval", "predict", "serve"):
+    if command in ("train", "eval", "predict", "export", "serve"):
         import transformers
 
         transformers.utils.logging.disable_progress_bar()

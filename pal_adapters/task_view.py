@@ -1,6 +1,6 @@
 """A transformers-native view of one task, for ``transformers.pipeline`` and friends.
 
-``TaskView(model, "ner")`` (also ``model.task_model("ner")``) is a ``PreTrainedModel`` whose
+``task_model(model, "ner")`` (the same as ``TaskView(model, "ner")``) is a ``PreTrainedModel`` whose
 forward is ``model(**inputs, task="ner")`` and whose output is the standard type of the task's
 kind, so ``pipeline("token-classification", model=view, tokenizer=tok)`` works unchanged
 (transformers logs that ``TaskView`` is not one of its own classes; the pipeline runs all the same):
