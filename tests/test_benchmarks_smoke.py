@@ -100,6 +100,13 @@ def check_train_check(results: Path) -> None:
     assert report["fp32"]["went_down"] and report["bf16"]["went_down"] and report["matches"]
 
 
+def check_export(results: Path) -> None:
+    report = json.loads((results / "export_smoke.json").read_text())
+    assert set(report["results"]) == {"one_task 1x8", "one_task 2x16", "all_tasks 1x8", "all_tasks 2x16"}
+    assert all(r["max_abs_logit_diff"] < 1e-4 < r["ratio"]["median"] for r in report["results"].values())
+    assert report["files"]["all_tasks"]["mb"] > report["files"]["one_task"]["mb"] > 0  # + 3 tasks' adapters
+
+
 SCRIPTS = [
     ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen"],
      check_glue_accuracy),
@@ -110,6 +117,7 @@ SCRIPTS = [
     ("memory.py", ["--smoke"], check_memory),
     ("memory_breakdown.py", ["--smoke"], check_memory_breakdown),
     ("train_check.py", ["--smoke"], check_train_check),
+    ("export.py", ["--smoke"], check_export),
 ]
 
 
