@@ -138,3 +138,25 @@ def test_epoch_out_of_range_raises(epoch: int) -> None:
         sampler.epoch_schedule(epoch)
     with pytest.raises(ValueError, match=f"epoch={epoch}"):
         annealing_alpha(epoch, 3)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_draw_follows_the_schedule_and_resumes_mid_epoch(mixed: bool) -> None:
+    sizes = {"a": 10, "b": 30, "c": 10}
+    config = SamplingConfig("annealed", seed=5, num_epochs=2)
+    reference = TaskSampler(sizes, config)
+    uninterrupted = [reference.draw(16, mixed) for _ in range(reference.total_steps)]
+    assert reference.position == reference.total_steps == 100
+    if not mixed:  # one task per step: the schedule's task with the whole batch
+        schedule = TaskSampler(sizes, config).epoch_schedule(1) + TaskSampler(sizes, config).epoch_schedule(2)
+        assert uninterrupted == [{t: 16} for t in schedule]
+    else:  # a task per row: batch_size rows in task order, tasks without rows left out
+        assert all(sum(c.values()) == 16 and list(c) == [t for t in sizes if t in c] for c in uninterrupted)
+        assert len({tuple(c.items()) for c in uninterrupted}) > 10  # each step its own draw
+    first = TaskSampler(sizes, config)
+    head = [first.draw(16, mixed) for _ in range(37)]
+    resumed = TaskSampler(sizes, config)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert head + [resumed.draw(16, mixed) for _ in range(63)] == uninterrupted
+    with pytest.raises(StopIteration):
+        resumed.draw(16, mixed)

@@ -11,9 +11,13 @@ With N_i the size of task i (examples or batches; only ratios matter):
 - ``mtdnn``: MT-DNN's shuffled mini-batches, i.e. proportional *without* replacement: task i
   appears exactly N_i times per epoch (N_i must then count batches), in a random order.
 
+Mixed batches (``draw(batch_size, mixed=True)``) draw each row's task from the same
+``probabilities(epoch)``: round robin is then uniform and ``mtdnn`` proportional (rows cannot be
+drawn without replacement); the cursor advances one step per batch as in one-task sampling.
+
 Schedules are pure functions of (seed, epoch, sizes, config): the random stream of epoch e is seeded
-with ``(seed, e)``, so any epoch can be regenerated and a run resumed mid-epoch from
-``state_dict()`` without replaying earlier draws.
+with ``(seed, e)``, and a mixed batch's draw with ``(seed, position)``, so any step can be
+regenerated and a run resumed mid-epoch from ``state_dict()`` without replaying earlier draws.
 """
 
 from __future__ import annotations
@@ -139,20 +143,51 @@ class TaskSampler:
             order = rng.choice(num_tasks, size=steps, p=probs)
         return [self.tasks[i] for i in order]
 
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole schedule: ``num_epochs × steps_per_epoch``."""
+        return self.config.num_epochs * self.steps_per_epoch
+
+    @property
+    def position(self) -> int:
+        """Steps drawn so far, over all epochs (the run's micro-step clock)."""
+        return (self.epoch - 1) * self.steps_per_epoch + self.step
+
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
         """The next task name; ``StopIteration`` after the last step of the last epoch."""
-        if self.epoch > self.config.num_epochs:
-            raise StopIteration
+        self._check_not_done()
         if self._cache is None or self._cache[0] != self.epoch:
             self._cache = (self.epoch, self.epoch_schedule(self.epoch))
         task = self._cache[1][self.step]
+        self._advance()
+        return task
+
+    def draw(self, batch_size: int, mixed: bool = False) -> dict[str, int]:
+        """The next step's rows per task, in task order, and advance one step.
+
+        One task per step: ``{next(self): batch_size}``. Mixed: a multinomial draw of
+        ``batch_size`` rows by ``probabilities(epoch)``, seeded by ``(seed, position)`` so that
+        every process draws the same; tasks that get no row are left out.
+        """
+        if not mixed:
+            return {next(self): batch_size}
+        self._check_not_done()
+        rng = np.random.default_rng([self.config.seed, self.position])
+        counts = mixed_counts(self.probabilities(self.epoch), batch_size, rng)
+        self._advance()
+        return counts
+
+    def _check_not_done(self) -> None:
+        if self.epoch > self.config.num_epochs:
+            raise StopIteration
+
+    def _advance(self) -> None:
         self.step += 1
         if self.step == self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
-        return task
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable cursor plus what the schedule depends on (checked on load)."""
@@ -174,3 +209,10 @@ class TaskSampler:
             raise ValueError(f"sampler state epoch={epoch!r}, step={step!r} is out of range for "
                              f"num_epochs={self.config.num_epochs}, steps_per_epoch={self.steps_per_epoch}")
         self.epoch, self.step = int(epoch), int(step)
+
+
+def mixed_counts(probabilities: Mapping[str, float], batch_size: int, rng: np.random.Generator) -> dict[str, int]:
+    """How many rows of a mixed batch each task gets: a multinomial draw by the task probabilities."""
+    tasks = list(probabilities)
+    counts = rng.multinomial(batch_size, [probabilities[t] for t in tasks])
+    return {t: int(c) for t, c in zip(tasks, counts, strict=True) if c}
