@@ -30,8 +30,9 @@ def run_file(tmp_path_factory) -> Path:
     toy_backbone().save_pretrained(root / "base")
     toy_tokenizer().save_pretrained(root / "base")
     spec = write_toy_tasks(root / "data", n=48)
-    training = {"batch_size": 8, "log_every": 1, "seed": 3, "steps_per_epoch": 20, "max_steps": 1_000_000,
-                "eval_every": 1_000_000}  # no checkpoint but the interrupted one
+    # A run with no end in sight (its epochs must cover max_steps); no checkpoint but the interrupted one.
+    training = {"batch_size": 8, "log_every": 1, "seed": 3, "epochs": 50_000, "steps_per_epoch": 20,
+                "max_steps": 1_000_000, "eval_every": 1_000_000}
     path = root / "run.yaml"
     path.write_text(yaml.safe_dump({"model": str(root / "base"), "adapter": ADAPTER, "training": training, **spec}))
     return path

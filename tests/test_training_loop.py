@@ -10,6 +10,7 @@ import torch
 from helpers import toy_backbone, toy_tokenizer, write_toy_tasks
 
 from pal_adapters.io import read_tensors
+from pal_adapters.training.checkpoint import CheckpointError
 from pal_adapters.training.config import TrainConfig
 from pal_adapters.training.distill import save_probabilities
 from pal_adapters.training.loop import MultiTaskTrainer
@@ -36,8 +37,8 @@ def train_set_losses(t: MultiTaskTrainer) -> dict[str, float]:
     out = {}
     with torch.no_grad():
         for name in t.train_tasks:
-            stream = t.streams[name]
-            batch = collate(stream, list(range(len(stream))), t.collator)
+            stream = t.batcher.streams[name]
+            batch = collate(stream, list(range(len(stream))), t.batcher.collator)
             batch.pop("example_index")
             out[name] = float(t.model(**batch, task=name).loss)
     return out
@@ -155,3 +156,10 @@ def test_the_trainer_sets_its_thread_count_from_the_run(task_defs, tmp_path, mon
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_resuming_with_another_grad_accum_is_refused_with_the_reason(task_defs, tmp_path):
+    kw = dict(max_steps=4, checkpoint_every=2, eval_every=100, steps_per_epoch=16)
+    trainer(task_defs, tmp_path, **kw).fit()
+    with pytest.raises(CheckpointError, match=r"step 4 has drawn 4 micro-batches.*grad_accum=2"):
+        trainer(task_defs, tmp_path, grad_accum=2, **kw).fit(resume=True)

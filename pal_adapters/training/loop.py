@@ -1,8 +1,8 @@
 """The multi-task training loop on Accelerate: one sampled task per micro-step (or mixed batches).
 
-    step:  for each of grad_accum micro-batches: sampler -> task -> its stream's next global
-           batch -> this process's rows -> forward (routed to the task) -> weighted (or distilled)
-           loss -> backward;  then average gradients over processes, clip, optimizer and LR step.
+    step:  for each of grad_accum micro-batches: the batcher's next batch (this process's rows,
+           grouped by task) -> forward (routed by its task segments) -> objective (weighted,
+           distilled) -> backward;  then average gradients over processes, clip, optimizer, LR step.
     every eval_every steps: every task's dev metrics, the best model by their sum, a checkpoint.
 
 The same code runs on one CPU or under ``accelerate launch`` / ``torchrun`` on many processes.
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
@@ -27,19 +26,20 @@ from ..config import from_fields
 from ..model import MultiTaskModel, add_pal
 from ..saving import save_pretrained
 from ..tasks.base import TaskKind
+from .batcher import Batcher, Schedule
 from .checkpoint import CheckpointError, load_checkpoint, recover_checkpoint, rng_state, save_checkpoint
 from .config import TrainConfig
 from .data import DynamicPaddingCollator
-from .distill import DistillConfig, TeacherEnsemble, distill_task_loss
+from .distill import DistillConfig, TeacherEnsemble
 from .distributed import all_reduce_gradients, any_process
 from .evaluate import combined_score, evaluate
 from .interrupt import StopSignals, TrainingInterrupted
 from .losses import LossWeighting
+from .objective import Objective
 from .report import JsonlLogger, format_eval_table, plot_training_curves, read_jsonl, truncate_log
 from .resources import configure_threads, return_freed_memory
-from .sampling import SamplingConfig, TaskSampler
 from .setup import TaskData, build_optimizer, build_schedule, dev_loaders, load_backbone, prepare_data
-from .streams import TaskStream, collate, collate_mixed, mixed_counts, shard
+from .streams import TaskStream
 from .taskdefs import TaskDef
 
 
@@ -90,101 +90,52 @@ class MultiTaskTrainer:
         self.weighting = LossWeighting(self.train_tasks, config.loss_weighting, config.task_weights or None)
         self.weighting.to(self.accelerator.device)
         self._build_schedule_objects()
-        self.teachers = self._teachers()
+        self.objective = self._objective()
         self.dev = dev_loaders(self.data, tokenizer, config.batch_size)
         self.metrics = {n: d.definition.metrics for n, d in self.data.items() if d.dev is not None}
-        self.collator = DynamicPaddingCollator(tokenizer)
         self._checkpointed_step: int | None = None  # the step of the checkpoint this process last wrote
 
     # ---- construction ---------------------------------------------------------------------
     def _build_schedule_objects(self) -> None:
-        c = self.config
-        batches = {n: math.ceil(len(self.data[n].train) / c.batch_size) for n in self.train_tasks}
-        steps_per_epoch = c.steps_per_epoch or (math.ceil(c.max_steps * c.grad_accum / c.epochs) if c.max_steps
-                                                else sum(batches.values()))
-        strategy = "proportional" if c.sampling == "mtdnn" and steps_per_epoch > sum(batches.values()) else c.sampling
-        self.sampler = TaskSampler(batches, SamplingConfig(strategy, c.seed, c.epochs, steps_per_epoch))
-        self.total_steps = c.max_steps or (c.epochs * steps_per_epoch) // c.grad_accum
-        self.epoch_steps = max(1, steps_per_epoch // c.grad_accum)
-        self.streams = {n: TaskStream(n, self.data[n].train, c.batch_size, c.seed, kind=self.data[n].definition.kind)
-                        for n in self.train_tasks}
+        c, acc = self.config, self.accelerator
+        streams = {n: TaskStream(n, self.data[n].train, c.batch_size, c.seed, kind=self.data[n].definition.kind)
+                   for n in self.train_tasks}  # in the model's task order, as the batcher's segments must be
+        self.schedule = Schedule.of(c, {n: len(s) for n, s in streams.items()})
+        self.total_steps, self.epoch_steps = self.schedule.total_steps, self.schedule.epoch_steps
+        self.batcher = Batcher.for_run(c, streams, self.schedule, DynamicPaddingCollator(self.tokenizer),
+                                       self.tokenizer.pad_token_id or 0, acc.process_index, acc.num_processes)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
         optimizer = build_optimizer(self.model, self.weighting, c)
         self.scheduler = build_schedule(optimizer, c, self.total_steps)
         self.optimizer = self.accelerator.prepare(optimizer)
 
-    def _teachers(self) -> TeacherEnsemble | None:
+    def _objective(self) -> Objective:
+        kinds = {n: self.model.heads[n].kind for n in self.train_tasks}
         if not self.config.distill:
-            return None
+            return Objective(self.weighting, kinds)
         cfg = from_fields(DistillConfig, self.config.distill, "training field distill")  # names unknown keys
-        self.distill = cfg
         teachers = TeacherEnsemble(cfg, backbone_factory=lambda: load_backbone(self.config.model)[0],
                                    tasks=self.model.tasks,
                                    num_examples={n: len(self.data[n].train) for n in self.train_tasks})
-        return teachers.to(self.accelerator.device)
+        return Objective(self.weighting, kinds, teachers.to(self.accelerator.device), cfg)
 
     # ---- one step -------------------------------------------------------------------------
-    def _device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        dev = self.accelerator.device
-        return {k: v.to(dev) if isinstance(v, torch.Tensor) else
-                ({t: x.to(dev) for t, x in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
-
-    def _one_task_batch(self, task: str) -> dict[str, Any]:
-        acc = self.accelerator
-        stream = self.streams[task]
-        rows = shard(stream.take(self.config.batch_size), acc.process_index, acc.num_processes, stream.group_size)
-        return self._device(collate(self.streams[task], rows, self.collator))
-
-    def _mixed_batch(self, micro_step: int) -> dict[str, Any]:
-        acc, c = self.accelerator, self.config
-        rng = np.random.default_rng([c.seed, micro_step])  # the same draw on every process
-        probs = self.sampler.probabilities(min(self.sampler.epoch, c.epochs))
-        counts = mixed_counts(probs, c.batch_size, rng)
-        parts = []
-        for task, n in counts.items():
-            rows = self.streams[task].take(n)
-            mine = shard(rows, acc.process_index, acc.num_processes, self.streams[task].group_size, whole=False)
-            if mine:
-                parts.append((task, collate(self.streams[task], mine, self.collator)))
-        kinds = {t: self.streams[t].kind for t, _ in parts}  # they re-pad token labels to the joint length
-        return self._device(collate_mixed(parts, self.tokenizer.pad_token_id or 0, kinds))
-
-    def _task_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor,
-                   batch: dict[str, Any], index: torch.Tensor) -> torch.Tensor:
-        if self.teachers is None or task not in self.distill.tasks:
-            return loss
-        targets = self.teachers.targets(task, batch, index)
-        return distill_task_loss(self.model.heads[task].kind, logits, targets, loss, self.distill.alpha)
-
-    def _micro_step(self, micro_step: int) -> dict[str, float]:
-        """Forward and backward of one micro-batch; returns the per-task losses."""
-        if self.config.mixed_batches:
-            batch = self._mixed_batch(micro_step)
-            next(self.sampler)  # the sampler still counts steps (epochs, annealing)
-        else:
-            task = next(self.sampler)
-            batch = self._one_task_batch(task)
-        index = batch.pop("example_index")
+    def _micro_step(self) -> dict[str, float]:
+        """Forward and backward of the batcher's next micro-batch; returns its per-task losses."""
+        batch = next(self.batcher).to(self.accelerator.device)
+        if not batch.segments:  # a mixed batch's few rows all went to other processes
+            return {}
         with self.accelerator.autocast():
-            out = self.model(**batch) if self.config.mixed_batches else self.model(**batch, task=task)
-            if self.config.mixed_batches:
-                # A process's share of a task's rows varies, so weight by rows over the nominal local
-                # batch: averaged over processes this is the global per-example mean.
-                size = self.config.batch_size / self.accelerator.num_processes
-                losses = {t: self._task_loss(t, out.logits[t], batch["labels"][t], out.task_losses[t],
-                                             _rows(batch, out.task_rows[t]), index[t]) for t in out.task_losses}
-                total = sum(self.weighting({t: v}) * (len(out.task_rows[t]) / size) for t, v in losses.items())
-            else:
-                losses = {task: self._task_loss(task, out.logits, batch["labels"], out.loss, batch, index)}
-                total = self.weighting(losses)
-        self.accelerator.backward(total / self.config.grad_accum)
-        return {t: float(v.detach()) for t, v in losses.items()}
+            loss = self.objective(self.model(**batch.model_inputs()), batch)
+        self.accelerator.backward(loss.total / self.config.grad_accum)
+        return {t: float(v.detach()) for t, v in loss.tasks.items()}
 
     def _optimizer_step(self, step: int) -> dict[str, float]:
+        assert self.batcher.micro_step == step * self.config.grad_accum, "the batcher's clock is not the step's"
         losses: dict[str, list[float]] = {}
         self.model.train()
-        for micro in range(self.config.grad_accum):
-            for t, v in self._micro_step(step * self.config.grad_accum + micro).items():
+        for _ in range(self.config.grad_accum):
+            for t, v in self._micro_step().items():
                 losses.setdefault(t, []).append(v)
         all_reduce_gradients(self.trainable, self.accelerator.num_processes)
         if self.config.max_grad_norm:
@@ -301,8 +252,7 @@ class MultiTaskTrainer:
             self._checkpoint(state)
 
     def _trainer_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {**state, "sampler": self.sampler.state_dict(),
-                "streams": {n: s.state_dict() for n, s in self.streams.items()}}
+        return {**state, **self.batcher.state_dict()}  # "sampler" and "streams"
 
     def _checkpoint(self, state: dict[str, Any]) -> None:
         acc = self.accelerator
@@ -317,15 +267,12 @@ class MultiTaskTrainer:
     def _restore(self) -> dict[str, Any]:
         saved = load_checkpoint(self.out / "checkpoint", model=self.model, weighting=self.weighting,
                                 optimizer=self.optimizer, scheduler=self.scheduler, rank=self.accelerator.process_index)
-        self.sampler.load_state_dict(saved["sampler"])
-        for name, s in saved["streams"].items():
-            self.streams[name].load_state_dict(s)
+        self.batcher.load_state_dict(saved)
+        if self.batcher.micro_step != saved["step"] * self.config.grad_accum:
+            raise CheckpointError(f"the checkpoint at step {saved['step']} has drawn {self.batcher.micro_step} "
+                                  f"micro-batches, not step x grad_accum={self.config.grad_accum}: it was written "
+                                  "with another grad_accum; resume with the run's own")
         # ``pending``: losses of steps not logged yet (absent from checkpoints of earlier versions)
         return {"pending": {}} | {k: saved[k] for k in ("step", "best_score", "best_step", "best_metrics", "pending")
                                   if k in saved}
 
-
-def _rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
-    """One task's rows of a mixed batch (for teachers that need the inputs)."""
-    keys = ("input_ids", "attention_mask", "token_type_ids")
-    return {k: batch[k].index_select(0, rows) for k in keys if k in batch}

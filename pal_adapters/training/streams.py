@@ -1,4 +1,4 @@
-"""Resumable per-task example streams and the batches a training step consumes.
+"""Resumable per-task example streams, and each task's part of the batches a training step consumes.
 
 Each task's training set is read as an endless stream: epoch ``e`` is an order of all its
 examples (length-grouped, seeded by the run seed, the task and ``e``), and a cursor
@@ -7,6 +7,7 @@ Every process builds the same global batch and keeps its own share of the rows, 
 ``k`` processes sees exactly the data of a one-process run with the same global batch, and a
 cursor saved in a checkpoint resumes the stream exactly. A task kind's groups of rows (ranking:
 one query's ``num_candidates`` candidates) are never split: ``take`` rounds up to whole groups.
+``collate`` pads one task's rows; ``batch.join`` joins the tasks' parts, ``batcher.py`` draws them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 
 from ..tasks import TaskKind
+from .batch import join
 from .data import DynamicPaddingCollator, LengthGroupedBatchSampler
 
 
@@ -89,35 +90,11 @@ def collate(stream: TaskStream, indices: list[int], collator: DynamicPaddingColl
     return batch
 
 
-def mixed_counts(probabilities: dict[str, float], batch_size: int, rng: np.random.Generator) -> dict[str, int]:
-    """How many rows of a mixed batch each task gets: a multinomial draw by the task probabilities."""
-    tasks = list(probabilities)
-    counts = rng.multinomial(batch_size, [probabilities[t] for t in tasks])
-    return {t: int(c) for t, c in zip(tasks, counts, strict=True) if c}
-
-
 def collate_mixed(parts: list[tuple[str, dict[str, torch.Tensor]]], pad_id: int,
                   kinds: Mapping[str, TaskKind] | None = None) -> dict[str, Any]:
-    """Join per-task batches into one: pad to the longest, ``task_ids`` per row, labels per task.
-
-    ``kinds`` (task -> kind) re-pads each task's labels to the joint length (``TaskKind.pad_labels``:
-    token labels ``(n, T_task) -> (n, T)`` with -100); tasks without a kind keep theirs as they are.
+    """Per-task batches joined (``batch.join``) in the model's keyword form, for a mixed forward
+    outside the trainer: padded inputs, ``task_ids`` per row, ``labels`` and ``example_index`` per task.
     """
-    length = max(b["input_ids"].shape[1] for _, b in parts)
-    kinds = kinds or {}
-    keys = [k for k in parts[0][1] if k not in ("labels", "example_index")]
-    out: dict[str, Any] = {}
-    for key in keys:
-        fill = pad_id if key == "input_ids" else 0
-        out[key] = torch.cat([_pad(b[key], length, fill) for _, b in parts])
-    out["task_ids"] = [t for t, b in parts for _ in range(b["input_ids"].shape[0])]
-    out["labels"] = {t: kinds[t].pad_labels(b["labels"], length) if t in kinds else b["labels"] for t, b in parts}
-    out["example_index"] = {t: b["example_index"] for t, b in parts}
-    return out
-
-
-def _pad(x: torch.Tensor, length: int, fill: int) -> torch.Tensor:
-    if x.shape[1] == length:
-        return x
-    pad = torch.full((x.shape[0], length - x.shape[1]), fill, dtype=x.dtype)
-    return torch.cat([x, pad], dim=1)
+    batch = join(parts, pad_id, kinds)
+    return {**batch.inputs, "task_ids": batch.task_ids, "labels": {s.task: s.labels for s in batch.segments},
+            "example_index": {s.task: s.example_index for s in batch.segments}}
