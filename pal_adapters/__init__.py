@@ -18,6 +18,7 @@ _EXPORTS = {
     "MultiTaskModel": "model", "MultiTaskOutput": "model", "add_pal": "model",
     "ParameterReport": "params", "freeze_backbone": "params", "parameter_report": "params",
     "predict_rows": "predict",
+    "TaskView": "task_view", "task_model": "task_view",
 }
 __all__ = [
     "LAYOUTS",
@@ -29,6 +30,7 @@ __all__ = [
     "MultiTaskOutput",
     "ParameterReport",
     "TaskConfig",
+    "TaskView",
     "add_pal",
     "freeze_backbone",
     "get_bank",
@@ -37,6 +39,7 @@ __all__ = [
     "predict_rows",
     "remove_adapters",
     "resolve_adapter_config",
+    "task_model",
 ]
 assert sorted(__all__) == sorted(_EXPORTS), "every public name has one module it is imported from"
 
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from .model import MultiTaskModel, MultiTaskOutput, add_pal
     from .params import ParameterReport, freeze_backbone, parameter_report
     from .predict import predict_rows
+    from .task_view import TaskView, task_model
 
 
 def __getattr__(name: str) -> Any:

@@ -166,6 +166,11 @@ class MultiTaskModel(nn.Module):
         """A plain copy of the backbone with ``name``'s LHUC scales folded in (see merge.py)."""
         return merge_lhuc(self, name)
 
+    def task_model(self, name: str) -> nn.Module:
+        """``name`` as a ``transformers.PreTrainedModel`` for ``pipeline`` (shares weights; task_view.py)."""
+        from .task_view import task_model
+        return task_model(self, name)
+
     # ---- forward --------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: Any = None, task: str | None = None,

@@ -64,6 +64,17 @@ def test_view_shares_the_models_weights_and_changes_none(model):
     assert {p.data_ptr() for p in view.parameters()} == own  # the same tensors, no copy
 
 
+def test_model_task_model_and_the_package_name_give_the_same_view(model, tok):
+    import pal_adapters
+
+    batch = tok(TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**batch, task="sentiment").logits
+        for view in (model.task_model("sentiment"), pal_adapters.task_model(model, "sentiment")):
+            assert isinstance(view, pal_adapters.TaskView) and view.multitask is model
+            torch.testing.assert_close(view(**batch).logits, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(("task", "output", "id2label"), [
     ("sentiment", SequenceClassifierOutput, {0: "neg", 1: "neu", 2: "pos"}),
     ("similarity", SequenceClassifierOutput, {0: "LABEL_0"}),
