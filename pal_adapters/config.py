@@ -264,8 +264,9 @@ class TaskConfig:
         if isinstance(self.adapter, (str, dict)):
             object.__setattr__(self, "adapter", resolve_adapter_config(self.adapter))
         fixed = kind.fixed_num_labels
-        if self.num_labels is None:
-            object.__setattr__(self, "num_labels", 2 if fixed is None else fixed)
+        if self.num_labels is None:  # from the label names where they are classes, else 2
+            named = len(self.labels) if self.labels and kind.uses_label_names else 2
+            object.__setattr__(self, "num_labels", named if fixed is None else fixed)
         if self.num_labels < 1:
             raise ValueError(f"num_labels={self.num_labels} must be >= 1")
         if fixed is not None and self.num_labels != fixed:

@@ -196,6 +196,17 @@ def test_routing_errors_name_the_bad_value():
         TaskConfig(type="regression", num_labels=3)
 
 
+@pytest.mark.parametrize(("kind", "labels", "want"), [
+    ("classification", ("neg", "neu", "pos"), 3), ("token_classification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), 5),
+    ("multi_label", ("x", "y", "z", "w"), 4), ("classification", None, 2), ("regression", None, 1),
+])
+def test_num_labels_comes_from_the_label_names_when_not_given(kind, labels, want):
+    assert TaskConfig(type=kind, labels=labels).num_labels == want
+    if labels:  # given and in disagreement: still an error naming both
+        with pytest.raises(ValueError, match=rf"has {len(labels)} names but num_labels={want + 1}"):
+            TaskConfig(type=kind, labels=labels, num_labels=want + 1)
+
+
 def test_parameter_report_counts_heads_and_adapters_per_task():
     model = build(tasks={"a": TASKS["cls"], "b": TASKS["reg"]})
     report = model.parameter_report()
