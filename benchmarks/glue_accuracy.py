@@ -41,7 +41,7 @@ from glue_data import TASKS, build_factories, load_defs, steps_per_task  # noqa:
 from glue_report import average, report
 from glue_runs import Budget, lora_params_per_rank, train_lora, train_with_package  # noqa: E402
 
-from pal_adapters.cli import parse_override  # noqa: E402
+from pal_adapters.cli_run import parse_override  # noqa: E402
 from pal_adapters.config import PRESETS  # noqa: E402
 
 

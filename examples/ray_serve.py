@@ -168,7 +168,7 @@ def run(model_dir: str, replicas: int, threads: int, rounds: int) -> int:
     import ray
     from ray import serve
 
-    from pal_adapters.cli import load_saved
+    from pal_adapters.cli_run import load_saved
 
     started = time.perf_counter()
     ray.init(num_cpus=replicas * threads, include_dashboard=False, _node_ip_address="127.0.0.1",

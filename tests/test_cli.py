@@ -19,7 +19,8 @@ from helpers import toy_backbone, toy_tokenizer, write_toy_tasks
 from transformers import AutoModel, AutoTokenizer
 
 from pal_adapters import MultiTaskModel
-from pal_adapters.cli import main, parse_value
+from pal_adapters.cli import main
+from pal_adapters.cli_run import parse_value
 from pal_adapters.training.report import format_eval_table, read_jsonl
 
 ADAPTER = {"kind": "pal", "output_activation": "gelu", "hidden_size": 8, "num_heads": 2, "dropout": 0.0}
