@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 from .validation import FieldTypeError, check_fields, check_type
 
 Kind = str  # a key of pal_adapters.adapters.methods.ADAPTER_METHODS (pal, low_rank, pal_ffn, lhuc, ...)
-Placement = Literal["parallel", "serial"]
+Placement = Literal["parallel", "serial", "top"]
 LayerSpec = Literal["all", "top_half", "bottom_half"]
 Activation = Literal["gelu", "relu", "tanh", "identity"]
 TaskType = str  # a key of pal_adapters.tasks.TASK_KINDS (the registry of task kinds)
@@ -111,6 +111,7 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         method = self.method  # an unknown kind raises here, listing the registered methods
         check_choice("placement", self.placement, get_args(Placement))
+        self._check_top(method)
         check_choice("activation", self.activation, get_args(Activation))
         check_choice("output_activation", self.output_activation, get_args(Activation))
         check_choice("init", self.init, ("identity", "random"))
@@ -133,6 +134,17 @@ class AdapterConfig:
         if not (math.isfinite(self.init_std) and self.init_std > 0):
             raise ValueError(f"init_std={self.init_std} must be a finite number > 0")
         method.validate(self)
+
+    def _check_top(self, method: Any) -> None:
+        """``placement="top"`` belongs to the methods on top, which have no other placement."""
+        if method.on_top and self.placement == "parallel":  # the default: the method's own placement
+            object.__setattr__(self, "placement", "top")
+        if method.on_top != (self.placement == "top"):
+            from .adapters.methods import ADAPTER_METHODS
+
+            tops = [name for name, m in ADAPTER_METHODS.items() if m.on_top]
+            raise ValueError(f"placement={self.placement!r} does not fit kind={self.kind!r}: placement 'top' is "
+                             f"for the methods on top of the encoder ({', '.join(tops)}), which have no other")
 
     @property
     def method(self) -> Any:
@@ -197,6 +209,9 @@ PRESETS: dict[str, AdapterConfig] = {
     "low_rank_lhuc": AdapterConfig(kind="low_rank", activation="gelu", lhuc=True),
     "lhuc": AdapterConfig(kind="lhuc"),
     "serial_adapter": AdapterConfig(kind="low_rank", activation="gelu", placement="serial"),
+    # PALs §3.2, the encoder's layers untouched: a transformer layer per task / projected attention on top.
+    "top_layer": AdapterConfig(kind="top_layer"),
+    "top_attention": AdapterConfig(kind="top_attention"),
 }
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from .adapters import TaskAdapter
 from .config import AdapterConfig, resolve_adapter_config
 from .layouts import Layout, ResolvedLayout, resolve_layout
-from .placement import SCALE, Stage, site_rules
+from .placement import SCALE, Stage, earliest, first_point, site_rules
 from .routing import ALL_ROWS, Router, Routing
 from .sites import EncoderHooks, LayerSite, unbind_checkpointing
 
@@ -54,6 +54,10 @@ class AdapterBank(nn.ModuleDict):
     @property
     def pre_ln(self) -> bool:
         return self.resolved.layout.pre_ln
+
+    def replication_point(self, tasks: list[str]) -> tuple[int, bool]:
+        """``(depth, after_layer)`` where ``predict_all`` over ``tasks`` repeats the batch (placement.py)."""
+        return earliest([first_point(self[t].placement, self[t].depths) for t in tasks])
 
     # ---- tasks ----------------------------------------------------------------------------
     def add_task(self, name: str, config: AdapterConfig | str | dict | None = None,
@@ -153,7 +157,7 @@ class AdapterBank(nn.ModuleDict):
             return x
         if len(segments) == 1 and segments[0].stop == ALL_ROWS:
             return self._apply_task(segments[0].task, stage, x, h_in, depth, keep)
-        if not any(seg.task is not None and depth in self[seg.task].depths for seg in segments):
+        if not any(self._acts(seg.task, stage, depth) for seg in segments):
             return x  # e.g. below the replication point of predict_all
         routing.check_batch(x.shape[0])
         parts = []
@@ -163,6 +167,13 @@ class AdapterBank(nn.ModuleDict):
             seg_keep = keep[rows] if keep is not None else None
             parts.append(self._apply_task(seg.task, stage, x[rows], seg_in, depth, seg_keep))
         return torch.cat(parts)
+
+    def _acts(self, task: str | None, stage: Stage, depth: int) -> bool:
+        """Whether ``task``'s adapter changes the value at ``stage`` of layer ``depth``."""
+        if task is None or depth not in self[task].depths:
+            return False
+        adapter: TaskAdapter = self[task]
+        return (self.rules[adapter.placement] if adapter.ts is not None else SCALE).acts_at is stage
 
     def _apply_task(self, task: str | None, stage: Stage, x: torch.Tensor, h_in: torch.Tensor | None, depth: int,
                     keep: torch.Tensor | None) -> torch.Tensor:
@@ -176,6 +187,8 @@ class AdapterBank(nn.ModuleDict):
             return x
         if rule.scales:
             return x * _in_dtype(adapter.output_scale(depth), x.dtype)
+        if rule.maps:  # a method on top: TS(x) is the new value
+            return _delta(adapter, x, depth, keep, x.dtype)
         return x + _delta(adapter, h_in if rule.reads_input else x, depth, keep, x.dtype)
 
     # ---- lifecycle ------------------------------------------------------------------------

@@ -242,6 +242,7 @@ class MultiTaskModel(nn.Module):
     def predict_all(self, tasks: list[str] | None = None, **inputs: Any) -> dict[str, torch.Tensor]:
         """Every task's logits for the same inputs. The layers below the lowest adapted depth run
         once; from there the batch is replicated, one copy per task (the paper's top-half saving).
+        With only tasks on top of the encoder (``placement="top"``) the encoder runs once.
         """
         if isinstance(tasks, str):
             raise TypeError(f"tasks={tasks!r} is one string; pass a list of task names")
@@ -252,9 +253,9 @@ class MultiTaskModel(nn.Module):
             self.check_task(t)
         inputs = {k: v for k, v in inputs.items() if v is not None}
         batch = self.input_limits.check(inputs)
-        first = min(min(self.bank[t].depths) for t in tasks)
+        first, after_layer = self.bank.replication_point(tasks)
         segments = tuple(Segment(t, i * batch, (i + 1) * batch) for i, t in enumerate(tasks))
-        routing = Routing(segments, replication_plan(first, len(tasks), batch))
+        routing = Routing(segments, replication_plan(first, len(tasks), batch, after_layer))
         with self.bank.router.routed(routing):
             hidden, pooled = self._encode(inputs)
         mask = inputs.get("attention_mask")

@@ -8,8 +8,9 @@ site just before its last norm, or to the output of a pre-LN layer), and the cal
 give copy ``i`` to task ``i``. Layers above get the encoder's own, unrepeated, mask and other
 per-layer arguments, so each site's layer pre-hook repeats the arguments the layout marks as
 batch-shaped. Encoders that apply one layer module at every depth (ALBERT) repeat at the input of
-the first adapted depth instead. Cost with PALs in the top half of L layers: L/2 + 1 shared
-layers, then L/2 - 1 layers per task.
+the first adapted depth instead. When every task acts on top of the encoder (``placement="top"``)
+the batch is repeated at the output of the last layer: the whole encoder runs once. Cost with
+PALs in the top half of L layers: L/2 + 1 shared layers, then L/2 - 1 layers per task.
 
 The plan travels in the call's ``Routing`` (routing.py), so a ``predict_all`` changes nothing
 that another call, in another thread, could see.
@@ -27,11 +28,13 @@ import torch
 
 @dataclass(frozen=True)
 class Replication:
-    """``predict_all``'s plan: inside layer ``depth``, repeat the batch of ``batch`` rows ``n`` times."""
+    """``predict_all``'s plan: inside layer ``depth`` (at its output when ``after_layer``: every
+    task acts on top of the encoder), repeat the batch of ``batch`` rows ``n`` times."""
 
     depth: int
     n: int
     batch: int
+    after_layer: bool = False
 
     def repeat(self, value: Any) -> Any:
         """The one replication rule: a tensor whose first dim is ``batch`` is repeated ``n`` times
@@ -46,9 +49,9 @@ class Replication:
         return value
 
 
-def replication_plan(depth: int, n: int, batch: int) -> Replication | None:
+def replication_plan(depth: int, n: int, batch: int, after_layer: bool = False) -> Replication | None:
     """Repeat a batch of ``batch`` rows ``n`` times from layer ``depth``; None when ``n`` is 1."""
-    return None if n == 1 else Replication(depth, n, batch)
+    return None if n == 1 else Replication(depth, n, batch, after_layer)
 
 
 @cache

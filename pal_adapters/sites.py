@@ -92,7 +92,7 @@ class LayerSite:
         if plan is None:
             return None
         depth = self._depth(state)
-        if depth > plan.depth or (self.depth is None and depth == plan.depth):
+        if depth > plan.depth or (self.depth is None and depth == plan.depth and not plan.after_layer):
             state.keep = plan.repeat(state.keep)
             return self.layer_args.repeat(plan, args, kwargs)
         return None
@@ -117,9 +117,10 @@ class LayerSite:
 
     def _replicate(self, state: ForwardState, depth: int, x: torch.Tensor) -> torch.Tensor:
         """``predict_all`` in the first adapted layer: everything up to the layer's last residual sum
-        reads only the shared layer input, so the batch is repeated per task only here."""
+        (its output, when every task acts on top) reads only the shared layer input, so the batch is
+        repeated per task only here."""
         plan = state.routing.replication
-        if plan is None or plan.depth != depth or self.depth is None:
+        if plan is None or plan.depth != depth or (self.depth is None and not plan.after_layer):
             return x
         state.inputs[self.index] = plan.repeat(state.inputs.get(self.index))
         state.keep = plan.repeat(state.keep)
@@ -146,7 +147,8 @@ class LayerSite:
         """``x`` at ``stage`` after the routed adapters that act there (placement.py's table); the
         batch is replicated first where the last residual sum is seen."""
         depth = self._depth(state)
-        if stage is self.sum_stage:
+        plan = state.routing.replication
+        if plan is not None and stage is (Stage.OUTPUT if plan.after_layer else self.sum_stage):
             x = self._replicate(state, depth, x)
         return state.bank.transform(stage, x, state.inputs.get(self.index), depth, state.routing, state.keep)
 

@@ -68,7 +68,7 @@ def test_a_registered_method_follows_the_method_rules(scaled_copy):
 
 def test_methods_are_refused_by_name_and_not_registered_twice(scaled_copy):
     with pytest.raises(ValueError, match="kind='nope' is not valid; choose one of 'pal', 'low_rank', 'pal_ffn', "
-                                         "'lhuc', 'scaled_copy'"):
+                                         "'lhuc', 'top_layer', 'top_attention', 'scaled_copy'"):
         AdapterConfig(kind="nope")
     with pytest.raises(ValueError, match="'scaled_copy' is already registered"):
         register_method(AdapterMethod("scaled_copy", None))

@@ -42,6 +42,9 @@ class AdapterMethod:
             ``merge_and_unload``); True only for LHUC alone.
         shown: config fields ``inspect`` shows for this method besides d_s (PAL: ``num_heads``).
         check: extra validation of a config of this kind (raise ``ValueError`` naming the value).
+        on_top: TS maps the encoder's output once, ``h_f = TS(h_L)`` (``placement="top"``, set for
+            it by ``AdapterConfig``), instead of acting inside layers; its ``forward`` returns h_f
+            itself, not a delta, and is called with ``depth`` = the last layer.
     """
 
     name: str
@@ -52,6 +55,7 @@ class AdapterMethod:
     mergeable: bool = False
     shown: tuple[str, ...] = ()
     check: Callable[[AdapterConfig], None] | None = None
+    on_top: bool = False
 
     @property
     def has_ts(self) -> bool:
@@ -123,10 +127,36 @@ def _low_rank(d_model: int, depths: tuple[int, ...], config: AdapterConfig) -> n
     return LowRank(d_model, depths, config)
 
 
+def _top_layer(d_model: int, depths: tuple[int, ...], config: AdapterConfig) -> nn.Module:
+    from .top import TopLayer
+
+    return TopLayer(d_model, depths, config)
+
+
+def _top_attention(d_model: int, depths: tuple[int, ...], config: AdapterConfig) -> nn.Module:
+    from .top import TopAttention
+
+    return TopAttention(d_model, depths, config)
+
+
+def _check_top(config: AdapterConfig) -> None:
+    """A function on top has one site (the encoder output): no depths to choose, no LHUC to add."""
+    if config.layers != "all":
+        raise ValueError(f"layers={config.layers!r} does not apply to kind={config.kind!r}, which acts once on "
+                         "top of the encoder; leave layers='all'")
+    if config.lhuc:
+        raise ValueError(f"lhuc=True does not apply to kind={config.kind!r} (a function on top of the encoder); "
+                         "use kind='pal' or 'low_rank' with lhuc=True")
+
+
 for _method in (
     AdapterMethod("pal", _pal, heads_split_size=True, shares_projections=True, shown=("num_heads",)),
     AdapterMethod("low_rank", _low_rank, size_ratio=100 / 768),
     AdapterMethod("pal_ffn", _pal_ffn, shares_projections=True, shown=("ffn_layers",)),
     AdapterMethod("lhuc", None, mergeable=True),
+    # d_s of a layer on top is its feed-forward width, 4·d_m as in BERT (3072 at 768).
+    AdapterMethod("top_layer", _top_layer, size_ratio=4.0, shown=("num_heads",), check=_check_top, on_top=True),
+    AdapterMethod("top_attention", _top_attention, heads_split_size=True, shown=("num_heads",), check=_check_top,
+                  on_top=True),
 ):
     register_method(_method)

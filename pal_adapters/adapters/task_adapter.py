@@ -20,9 +20,10 @@ class TaskAdapter(nn.Module):
     def __init__(self, config: AdapterConfig, d_model: int, num_layers: int):
         super().__init__()
         self.config = config
-        self.depths = frozenset(config.resolved_layers(num_layers))
-        ordered = tuple(sorted(self.depths))
         method = config.method  # adapters/methods.py: the registry of methods
+        # A method on top acts once, at the output of the last layer (placement.py's "top" row).
+        self.depths = frozenset((num_layers - 1,) if method.on_top else config.resolved_layers(num_layers))
+        ordered = tuple(sorted(self.depths))
         self.ts = method.build(d_model, ordered, config) if method.has_ts else None
         self.lhuc = LHUC(d_model, ordered) if config.uses_lhuc else None
 
@@ -31,7 +32,8 @@ class TaskAdapter(nn.Module):
         return self.config.placement
 
     def delta(self, h: torch.Tensor, depth: int, keep: torch.Tensor | None) -> torch.Tensor:
-        """``(B, T, d_m) -> (B, T, d_m)``: TS(h), times ``2·sigmoid(θ)`` when LHUC is combined."""
+        """``(B, T, d_m) -> (B, T, d_m)``: TS(h), times ``2·sigmoid(θ)`` when LHUC is combined
+        (a method on top returns h_f = TS(h) itself; it has no LHUC)."""
         out = self.ts(h, depth, keep)
         return out * self.lhuc.scale(depth) if self.lhuc is not None else out
 

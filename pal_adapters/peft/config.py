@@ -62,7 +62,11 @@ class PalPeftConfig(PeftConfig):
             self.layers = tuple(self.layers)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
-        self.adapter_config  # noqa: B018 - builds the AdapterConfig, raising on any bad field
+        if self.adapter_config.method.on_top:  # builds the AdapterConfig, raising on any bad field
+            raise ValueError(
+                f"kind={self.kind!r} is a method on top of the encoder, which the PEFT plugin does not offer: "
+                "its conformance suite covers adapters inside layers only, and under PEFT the task head is "
+                "PEFT's modules_to_save, not a head of the task; use pal_adapters.add_pal (docs/model.md)")
 
     @property
     def adapter_config(self) -> AdapterConfig:
