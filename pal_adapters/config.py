@@ -168,7 +168,10 @@ class AdapterConfig:
         return self.method.hidden_size(self, d_model)
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
-        """The adapted depths for a backbone of ``num_layers`` layers, sorted."""
+        """The adapted depths for a backbone of ``num_layers`` layers, sorted; a method on top has
+        one, the last layer, on whose output it acts."""
+        if self.method.on_top:
+            return (num_layers - 1,)
         if self.layers == "all":
             return tuple(range(num_layers))
         if self.layers == "top_half":

@@ -7,6 +7,7 @@ import torch
 from helpers import ARCHS, randomize_adapters, tiny_batch, tiny_model
 
 from pal_adapters import AdapterConfig, MultiTaskModel, add_pal
+from pal_adapters.cli_inspect import adapter_summary
 from pal_adapters.inject import get_bank
 from pal_adapters.peft.config import PalPeftConfig
 
@@ -84,6 +85,8 @@ def test_top_method_saves_and_loads_with_trained_weights(tmp_path, kind):
     model.save_pretrained(tmp_path / "m")
     loaded = MultiTaskModel.from_pretrained(tmp_path / "m", backbone=tiny_model("bert")).eval()
     assert loaded.bank["b"].config == model.bank["b"].config
+    shown = adapter_summary(TOPS[kind].to_dict(), {"num_layers": 2, "hidden_size": 32})
+    assert (shown["method"], shown["placement"], shown["layers"]) == (kind, "top", [1])  # what inspect prints
     for t in model.task_names:
         assert torch.equal(loaded(**batch, task=t).logits, model(**batch, task=t).logits)
 
@@ -121,3 +124,14 @@ def test_top_config_rules():
 def test_peft_plugin_refuses_methods_on_top():
     with pytest.raises(ValueError, match="kind='top_attention' is a method on top of the encoder"):
         PalPeftConfig(kind="top_attention")
+
+
+@pytest.mark.parametrize("adapter", ["top_attention", "{kind: top_layer, num_heads: 4}"])
+def test_run_files_name_methods_on_top(tmp_path, adapter):
+    from pal_adapters.config import resolve_adapter_config
+    from pal_adapters.training.config import read_run_file
+
+    run = tmp_path / "run.yaml"
+    run.write_text(f"model: bert-base-uncased\nadapter: {adapter}\ntasks: {{}}\n")
+    config = resolve_adapter_config(read_run_file(run).train.adapter)
+    assert config.method.on_top and config.placement == "top"

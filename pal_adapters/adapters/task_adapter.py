@@ -20,10 +20,9 @@ class TaskAdapter(nn.Module):
     def __init__(self, config: AdapterConfig, d_model: int, num_layers: int):
         super().__init__()
         self.config = config
-        method = config.method  # adapters/methods.py: the registry of methods
-        # A method on top acts once, at the output of the last layer (placement.py's "top" row).
-        self.depths = frozenset((num_layers - 1,) if method.on_top else config.resolved_layers(num_layers))
+        self.depths = frozenset(config.resolved_layers(num_layers))  # a method on top: the last layer
         ordered = tuple(sorted(self.depths))
+        method = config.method  # adapters/methods.py: the registry of methods
         self.ts = method.build(d_model, ordered, config) if method.has_ts else None
         self.lhuc = LHUC(d_model, ordered) if config.uses_lhuc else None
 
