@@ -91,6 +91,10 @@ CONFIGS = {
     "c_serial": Setup("(c) with serial PALs", "multi", True,
                       TUNED + (("adapter", {**PRESETS["pal"].to_dict(), "placement": "serial"}),)),
     "c_top_half": Setup("(c) with PALs in the top half", "multi", True, TUNED + (("adapter", "pal_top_half"),)),
+    # PALs §3.2: the encoder's layers untouched, a task-specific function on top (paper: 81.5 at 1.66x / 1.10x).
+    "f_top_layer": Setup("(f) multi-task, BERT layer on top", "multi", True, TUNED + (("adapter", "top_layer"),)),
+    "g_top_attention": Setup("(g) multi-task, projected attention on top", "multi", True,
+                             TUNED + (("adapter", "top_attention"),)),
 }
 
 
