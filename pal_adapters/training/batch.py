@@ -29,7 +29,8 @@ class TaskSegment:
         labels: ``(n, ...)``, collated by the task's kind (token labels padded to the batch's T).
         example_index: ``(n,)`` the rows' indices in the task's training set (probability files).
         share: ``n / (global rows / processes)``, the segment's weight in the objective: 1.0 for
-            a one-task batch; over processes and steps every example weighs the same.
+            a one-task batch; over processes and steps every example weighs the same. 0: a stand-in
+            row, so that this process runs the task's modules too (``Batcher(every_task=True)``).
     """
 
     task: str

@@ -12,6 +12,7 @@ the same batches.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -68,15 +69,19 @@ class Batcher:
     ``mixed``: a task per row (``sampler.draw(mixed=True)``) instead of one task per batch.
     Every process draws the same global batch and keeps every ``world``-th group of each task's
     rows from ``rank`` on (a one-task batch must split evenly; see ``streams.shard``).
+    ``every_task``: a process left without rows of a drawn task gets a stand-in, the task's first
+    group of the global batch with ``share`` 0, so every process runs every drawn task's adapter
+    and head (sharded units must run on all processes alike) and the loss does not change.
     """
 
     def __init__(self, streams: Mapping[str, TaskStream], sampler: TaskSampler, *, batch_size: int,
-                 mixed: bool, collator: DynamicPaddingCollator, pad_id: int, rank: int = 0, world: int = 1):
+                 mixed: bool, collator: DynamicPaddingCollator, pad_id: int, rank: int = 0, world: int = 1,
+                 every_task: bool = False):
         if list(sampler.tasks) != list(streams):
             raise ValueError(f"the sampler's tasks {list(sampler.tasks)} are not the streams' {list(streams)}")
         self.streams, self.sampler = dict(streams), sampler
         self.batch_size, self.mixed, self.collator, self.pad_id = batch_size, mixed, collator, pad_id
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.every_task = rank, world, every_task
 
     @classmethod
     def for_run(cls, config: TrainConfig, streams: Mapping[str, TaskStream], schedule: Schedule,
@@ -89,7 +94,7 @@ class Batcher:
             raise ValueError(f"training: sampling={config.sampling!r} with epochs={config.epochs}, "
                              f"max_steps={config.max_steps}, grad_accum={config.grad_accum}: {err}") from None
         return cls(streams, sampler, batch_size=config.batch_size, mixed=config.mixed_batches,
-                   collator=collator, pad_id=pad_id, rank=rank, world=world)
+                   collator=collator, pad_id=pad_id, rank=rank, world=world, every_task=config.sharding == "fsdp")
 
     @property
     def micro_step(self) -> int:
@@ -102,16 +107,23 @@ class Batcher:
     def __next__(self) -> Batch:
         """The next micro-batch: this process's rows, grouped by task (possibly none, in a mixed
         batch whose few rows went to other processes)."""
-        parts, global_rows = [], 0
+        parts, stand_ins, global_rows = [], set(), 0
         for task, n in self.sampler.draw(self.batch_size, self.mixed).items():
             stream = self.streams[task]
             rows = stream.take(n)
             global_rows += len(rows)
             mine = shard(rows, self.rank, self.world, stream.group_size, whole=not self.mixed)
+            if not mine and self.every_task:
+                mine = rows[:stream.group_size]
+                stand_ins.add(task)
             if mine:
                 parts.append((task, collate(stream, mine, self.collator)))
         kinds = {t: self.streams[t].kind for t, _ in parts if self.streams[t].kind is not None}
-        return join(parts, self.pad_id, kinds, global_rows=global_rows, world=self.world)
+        batch = join(parts, self.pad_id, kinds, global_rows=global_rows, world=self.world)
+        if not stand_ins:
+            return batch
+        segments = tuple(dataclasses.replace(s, share=0.0) if s.task in stand_ins else s for s in batch.segments)
+        return dataclasses.replace(batch, segments=segments)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), "streams": {n: s.state_dict() for n, s in self.streams.items()}}

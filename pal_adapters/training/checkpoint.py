@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 from ..atomic import atomic_directory, old_dirs, tmp_dirs
 from ..io import file_sha256, read_json, read_tensors, write_json, write_tensors
 from ..saving import load_weights, save_pretrained
+from .sharding import is_sharded, load_full_optimizer_state, loading
 
 STATE_FILE, MANIFEST = "trainer_state.json", "complete.json"
 log = logging.getLogger(__name__)
@@ -58,14 +60,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, *, model, weighting, optimizer, scheduler, state: dict[str, Any],
-                    rank_rng: list[dict[str, Any]]) -> None:
-    """Write the whole training state (main process); ``rank_rng`` has every process's RNG state."""
+def save_checkpoint(directory: Path, *, model, weighting, optimizer_state: dict[str, Any], scheduler,
+                    state: dict[str, Any], rank_rng: list[dict[str, Any]]) -> None:
+    """Write the whole training state (main process); ``rank_rng`` has every process's RNG state.
+    A sharded model is saved inside ``sharding.gathered`` with ``sharding.full_optimizer_state``:
+    the files are those of a one-process run."""
 
     def fill(tmp: Path) -> None:
         save_pretrained(model, tmp / "model")
         write_tensors(tmp / "loss_weighting.safetensors", dict(weighting.state_dict()))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         for rank, rng in enumerate(rank_rng):
             torch.save(rng, tmp / f"rng-{rank}.pt")
@@ -132,12 +136,14 @@ def recover_checkpoint(directory: Path) -> int:
 
 
 def load_checkpoint(directory: Path, *, model, weighting, optimizer, scheduler, rank: int) -> dict[str, Any]:
-    """Restore weights, optimizer, schedule and this process's RNG; return the trainer state."""
+    """Restore weights, optimizer, schedule and this process's RNG; return the trainer state.
+    A sharded model (every process calls this) loads the full weights into each process's shards."""
     directory = Path(directory)
     state = read_json(directory / STATE_FILE)
-    load_weights(model, directory / "model")
+    with loading(model) if is_sharded(model) else nullcontext():
+        load_weights(model, directory / "model")
     weighting.load_state_dict(read_tensors(directory / "loss_weighting.safetensors", None))
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    load_full_optimizer_state(optimizer, torch.load(directory / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
     rng_file = directory / f"rng-{rank}.pt"
     if not rng_file.is_file():

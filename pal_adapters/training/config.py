@@ -21,6 +21,7 @@ from .sampling import Strategy
 Optimizer = Literal["adamw", "adamax"]
 Weighting = Literal["sum", "fixed", "uncertainty"]
 Precision = Literal["no", "fp16", "bf16"]
+Sharding = Literal["none", "fsdp"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class TrainConfig:
             ``alpha``).
         init_heads_from_labels: before step 0, let each task's kind initialise its new head from
             the training labels (regression: bias = mean label; ``TaskKind.init_head``).
+        sharding: ``none`` (every process holds the whole model; gradients averaged by one flat
+            all-reduce, ``distributed.py``) or ``fsdp`` (FSDP2 ``fully_shard`` of the embedding
+            table, each layer and the rest: parameters, gradients and optimizer state split over
+            the processes, ``sharding.py``; with ``mixed_precision: bf16``, bf16 parameters and
+            fp32 reductions).
         num_threads: torch's CPU threads per process; 0 = ``OMP_NUM_THREADS`` if set, else at
             most this process's share of the CPUs it may use (affinity, cgroup quota).
     """
@@ -89,6 +95,7 @@ class TrainConfig:
     distill: dict[str, Any] = field(default_factory=dict)
     init_heads_from_labels: bool = True
     num_threads: int = 0
+    sharding: Sharding = "none"
 
     def __post_init__(self) -> None:
         check_fields(self, "training")  # types (and Literal choices) first: the range checks compare numbers

@@ -5,7 +5,10 @@
            distilled) -> backward;  then average gradients over processes, clip, optimizer, LR step.
     every eval_every steps: every task's dev metrics, the best model by their sum, a checkpoint.
 
-The same code runs on one CPU or under ``accelerate launch`` / ``torchrun`` on many processes.
+The same code runs on one CPU or under ``accelerate launch`` / ``torchrun`` on many processes;
+with ``sharding: fsdp`` the model is sharded by FSDP2 (``sharding.py``), every process runs every
+forward (evaluations too: sharded units gather on all processes) and the main process saves the
+gathered full weights.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from .objective import Objective
 from .report import JsonlLogger, format_eval_table, plot_training_curves, read_jsonl, truncate_log
 from .resources import configure_threads, return_freed_memory
 from .setup import TaskData, build_optimizer, build_schedule, dev_loaders, load_backbone, prepare_data
+from .sharding import clip_grad_norm, full_optimizer_state, gathered, is_sharded, is_sharded_parameter, shard_model
 from .streams import TaskStream
 from .taskdefs import TaskDef
 
@@ -87,6 +91,9 @@ class MultiTaskTrainer:
                 if type(kind).init_head is not TaskKind.init_head:  # only read the labels when used
                     kind.init_head(self.model.heads[n].out, self.data[n].train["labels"])
         self.model.to(self.accelerator.device)
+        if config.sharding == "fsdp":  # before the optimizer: FSDP replaces the parameters by their shards
+            shard_model(self.model, config.mixed_precision)
+        self.sharded = is_sharded(self.model)
         self.weighting = LossWeighting(self.train_tasks, config.loss_weighting, config.task_weights or None)
         self.weighting.to(self.accelerator.device)
         self._build_schedule_objects()
@@ -105,6 +112,8 @@ class MultiTaskTrainer:
         self.batcher = Batcher.for_run(c, streams, self.schedule, DynamicPaddingCollator(self.tokenizer),
                                        self.tokenizer.pad_token_id or 0, acc.process_index, acc.num_processes)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
+        # FSDP reduce-scatters the gradients of sharded parameters; the rest (loss weights) are averaged here
+        self.replicated = [p for p in self.trainable if not self.sharded or not is_sharded_parameter(p)]
         optimizer = build_optimizer(self.model, self.weighting, c)
         self.scheduler = build_schedule(optimizer, c, self.total_steps)
         self.optimizer = self.accelerator.prepare(optimizer)
@@ -128,7 +137,8 @@ class MultiTaskTrainer:
         with self.accelerator.autocast():
             loss = self.objective(self.model(**batch.model_inputs()), batch)
         self.accelerator.backward(loss.total / self.config.grad_accum)
-        return {t: float(v.detach()) for t, v in loss.tasks.items()}
+        own = {s.task for s in batch.segments if s.share > 0}  # not the stand-ins of ``Batcher(every_task=True)``
+        return {t: float(v.detach()) for t, v in loss.tasks.items() if t in own}
 
     def _optimizer_step(self, step: int) -> dict[str, float]:
         assert self.batcher.micro_step == step * self.config.grad_accum, "the batcher's clock is not the step's"
@@ -137,8 +147,11 @@ class MultiTaskTrainer:
         for _ in range(self.config.grad_accum):
             for t, v in self._micro_step().items():
                 losses.setdefault(t, []).append(v)
-        all_reduce_gradients(self.trainable, self.accelerator.num_processes)
-        if self.config.max_grad_norm:
+        if self.replicated:
+            all_reduce_gradients(self.replicated, self.accelerator.num_processes)
+        if self.config.max_grad_norm and self.sharded:
+            clip_grad_norm(self.trainable, self.config.max_grad_norm)
+        elif self.config.max_grad_norm:
             self.accelerator.clip_grad_norm_([p for p in self.trainable if p.grad is not None],
                                              self.config.max_grad_norm)
         self.optimizer.step()
@@ -163,8 +176,8 @@ class MultiTaskTrainer:
         bar.close()
         shared = [{k: state[k] for k in ("best_score", "best_step", "best_metrics")}]
         state.update(broadcast_object_list(shared)[0] if acc.num_processes > 1 else shared[0])  # main evaluated
+        self._save_model(self.out / "last")
         if acc.is_main_process:
-            save_pretrained(self.model, self.out / "last")
             plot_training_curves(read_jsonl(self.out / "log.jsonl"), self.out / "curves.png")
         acc.wait_for_everyone()
         return TrainResult(self.out, state["step"], state["best_step"], state["best_score"], state["best_metrics"])
@@ -238,15 +251,22 @@ class MultiTaskTrainer:
 
     def _evaluate(self, state: dict[str, Any], log: JsonlLogger | None) -> None:
         acc = self.accelerator
-        if acc.is_main_process and self.dev:
+        improved = False
+        if (acc.is_main_process or self.sharded) and self.dev:  # sharded: every process runs the forwards
             kinds = {n: d.definition.kind for n, d in self.data.items()}  # with the task definitions' options
             results = evaluate(self.model, self.dev, self.metrics, kinds=kinds)
             score = combined_score(results, self.config.select_by)
-            log.log({"kind": "eval", "step": state["step"], "metrics": results, "score": score})
-            tqdm.write(f"step {state['step']}: score {score:.4f}\n{format_eval_table(results)}")
-            if score > state["best_score"]:
+            improved = score > state["best_score"]
+            if acc.is_main_process:
+                log.log({"kind": "eval", "step": state["step"], "metrics": results, "score": score})
+                tqdm.write(f"step {state['step']}: score {score:.4f}\n{format_eval_table(results)}")
+            if improved:
                 state.update(best_score=score, best_step=state["step"], best_metrics=results)
-                save_pretrained(self.model, self.out / "best")
+        if self.sharded and acc.num_processes > 1:  # the main process's verdict, so all gather together
+            improved = broadcast_object_list([improved])[0]
+        if improved:
+            self._save_model(self.out / "best")
+        if acc.is_main_process and self.dev:
             plot_training_curves(read_jsonl(self.out / "log.jsonl"), self.out / "curves.png")
         if not self.config.checkpoint_every:
             self._checkpoint(state)
@@ -254,13 +274,21 @@ class MultiTaskTrainer:
     def _trainer_state(self, state: dict[str, Any]) -> dict[str, Any]:
         return {**state, **self.batcher.state_dict()}  # "sampler" and "streams"
 
+    def _save_model(self, directory: Path) -> None:
+        """``save_pretrained`` by the main process (of the gathered weights, when sharded)."""
+        with gathered(self.model, self.sharded):
+            if self.accelerator.is_main_process:
+                save_pretrained(self.model, directory)
+
     def _checkpoint(self, state: dict[str, Any]) -> None:
         acc = self.accelerator
         rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
-        if acc.is_main_process:
-            save_checkpoint(self.out / "checkpoint", model=self.model, weighting=self.weighting,
-                            optimizer=self.optimizer, scheduler=self.scheduler, state=self._trainer_state(state),
-                            rank_rng=rngs)
+        optimizer_state = full_optimizer_state(self.optimizer) if self.sharded or acc.is_main_process else None
+        with gathered(self.model, self.sharded):
+            if acc.is_main_process:
+                save_checkpoint(self.out / "checkpoint", model=self.model, weighting=self.weighting,
+                                optimizer_state=optimizer_state, scheduler=self.scheduler,
+                                state=self._trainer_state(state), rank_rng=rngs)
         acc.wait_for_everyone()
         self._checkpointed_step = state["step"]
 
