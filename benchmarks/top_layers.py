@@ -4,11 +4,13 @@ PALs §3.2: with task-specific functions only on top (``top_layer``: a transform
 ``top_attention``: projected attention, 6 attention layers in d_s), the encoder's layers are the
 same for every task, so ``predict_all`` runs the encoder ONCE and each task's top once, where the
 loop of ``model(..., task=t)`` runs the encoder T times. The speed-up approaches T as the encoder
-dominates. MiniLM (the packaged all-MiniLM-L6-v2), batch 8 (eval, no autograd), T = 8 tasks, both
+dominates: the ``bound`` column is what one encoder pass plus T tops and heads would give, from the
+measured cost of one task's top and head relative to the encoder (``top+head / encoder``).
+MiniLM (the packaged all-MiniLM-L6-v2), batch 8 (eval, no autograd), T = 8 tasks, both
 sides timed back to back in every round (interleaved, shuffled), medians over rounds.
 
-    python benchmarks/top_layers.py --quick     # ~1-2 min on the 2-core CPU, 1 thread: length 64, 3 rounds
-    python benchmarks/top_layers.py             # length 128, 5 rounds
+    python benchmarks/top_layers.py --quick --clock cpu   # ~1 min on the 2-core CPU, 1 thread: length 64, 3 rounds
+    python benchmarks/top_layers.py --clock cpu           # ~2 min: length 128, 5 rounds
 
 Writes benchmarks/results/top_layers[_quick].json.
 """
@@ -18,7 +20,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +69,27 @@ def measure(backbone, kind: str, t: int, x: dict, rounds: int, device, dtype) ->
     def every():
         model.predict_all(tasks=names, **x)
 
+    cases = {"predict_all": (every, None), "encoder": (lambda: model.backbone(**x), lambda: bare(model)),
+             "one_task": (lambda: model(**x, task=names[0]), None)}
     with torch.inference_mode():
-        pairs = paired_timings((loop, None), {"predict_all": (every, None)}, rounds=rounds)["predict_all"]
+        timed = paired_timings((loop, None), cases, rounds=rounds)
+    pairs = timed["predict_all"]
+    # Each relative to the loop of the same round (the noise of a shared machine cancels), then medians.
+    encoder, one = (statistics.median(pair_ratios(timed[k])) for k in ("encoder", "one_task"))
+    # What predict_all could reach if it cost exactly one encoder pass plus t tops and heads.
+    bound = t * one / (encoder + t * max(one - encoder, 0.0))
     return {"params_per_task": params, "params_per_task_vs_base": params / base,
             "loop_s": summary(pairs["reference"]), "predict_all_s": summary(pairs["case"]),
-            "speedup": summary([1 / r for r in pair_ratios(pairs)])}
+            "speedup": summary([1 / r for r in pair_ratios(pairs)]),
+            "encoder_vs_loop": encoder, "one_task_vs_loop": one, "top_and_head_vs_encoder": (one - encoder) / encoder,
+            "speedup_bound": bound}
+
+
+@contextmanager
+def bare(model):
+    """The encoder routed to no task: the shared part's own cost (no top, no head)."""
+    with model.use_task(None):
+        yield
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,9 +116,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "clock": args.clock, "results": results}
     rows = [[kind, f"{r['params_per_task']} ({r['params_per_task_vs_base']:.3f}x base)",
              f"{r['loop_s']['median'] * 1e3:.1f}", f"{r['predict_all_s']['median'] * 1e3:.1f}",
-             f"{r['speedup']['median']:.2f}x [{r['speedup']['q1']:.2f}, {r['speedup']['q3']:.2f}]"]
+             f"{r['speedup']['median']:.2f}x [{r['speedup']['q1']:.2f}, {r['speedup']['q3']:.2f}]",
+             f"{r['top_and_head_vs_encoder']:.3f}", f"{r['speedup_bound']:.2f}x"]
             for kind, r in results.items()]
-    print(format_table(["method", "params/task", "loop ms", "predict_all ms", f"speed-up at T={args.tasks}"], rows))
+    print(format_table(["method", "params/task", "loop ms", "predict_all ms", f"speed-up at T={args.tasks}",
+                        "top+head / encoder", "bound"], rows))
     print(f"wrote {write_json(args.output, report)}")
     return report
 
