@@ -3,6 +3,8 @@
 #
 #   bash examples/multi_gpu.sh accelerate                 # accelerate launch, one process per visible GPU
 #   bash examples/multi_gpu.sh torchrun                   # the same with torchrun
+#   bash examples/multi_gpu.sh fsdp                       # GPUs, FSDP2 sharding (examples/fsdp_accelerate.yaml)
+#   NPROC=2 bash examples/multi_gpu.sh torchrun --set sharding=fsdp --max-steps 4   # FSDP2 on 2 CPU processes
 #   NPROC=2 bash examples/multi_gpu.sh torchrun --max-steps 4 --set max_train_examples=64   # 2 CPU processes
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash examples/multi_gpu.sh multinode   # node 0; NODE_RANK=1 on node 1
 #
@@ -12,8 +14,11 @@
 # What to know:
 # - batch_size in the run file is the GLOBAL batch: every process builds the same batch and keeps its
 #   share of the rows, so it must be divisible by the number of processes (the demo's 32: 1, 2, 4, 8).
-#   A run on k processes then matches a one-process run; no DDP wrapper is used (see README.md,
+#   A run on k processes then matches a one-process run; no DDP wrapper is used (see docs/training.md,
 #   "Why no DDP wrapper"): gradients of all trainable parameters are averaged in one all-reduce.
+# - Sharding (`sharding: fsdp` in the run file, `--set sharding=fsdp`, or accelerate's FSDP config): FSDP2
+#   splits parameters, gradients and optimizer state over the processes (0.50x per process at 2, MiniLM
+#   shape, benchmarks/results/fsdp_memory.json); saves and checkpoints are those of a one-process run.
 # - Without a GPU, torchrun and `accelerate launch --multi_gpu` both fall back to CPU processes with the
 #   gloo backend. `accelerate launch --cpu --num_processes 2` starts only ONE process (accelerate 1.15).
 # - Mixed precision: the run file's `mixed_precision` (or `--set mixed_precision=bf16`) wins; left unset
@@ -23,8 +28,7 @@
 #   On CPUs bf16 is only faster with AMX/AVX512-BF16; elsewhere keep "no".
 # - `accelerate config` asks these questions once and writes ~/.cache/huggingface/accelerate/default_config.yaml;
 #   afterwards a plain `accelerate launch -m pal_adapters.cli train examples/glue_pal.yaml` uses it. Choose
-#   "multi-GPU" there: FSDP and DeepSpeed sharding are not wired up (the gradient averaging assumes every
-#   process holds all parameters).
+#   "multi-GPU" or FSDP (version 2) there; DeepSpeed is not wired up (accelerate would prepare the model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -40,6 +44,9 @@ case "$MODE" in
     accelerate launch --multi_gpu --num_processes "$NPROC" --main_process_port "$PORT" "${TRAIN[@]}" ;;
   torchrun)
     torchrun --standalone --nproc_per_node "$NPROC" "${TRAIN[@]}" ;;
+  fsdp)
+    accelerate launch --config_file examples/fsdp_accelerate.yaml --num_processes "$NPROC" \
+      --main_process_port "$PORT" "${TRAIN[@]}" ;;
   multinode)
     # Run the same line on every node with its own NODE_RANK; MASTER_ADDR is node 0's address, reachable by all.
     : "${NNODES:?set NNODES}" "${NODE_RANK:?set NODE_RANK}" "${MASTER_ADDR:?set MASTER_ADDR (node 0)}"
@@ -50,6 +57,6 @@ case "$MODE" in
     #     "$MASTER_ADDR" --main_process_port "$PORT" --num_processes $((NNODES * NPROC)) "${TRAIN[@]}"
     ;;
   *)
-    echo "usage: bash examples/multi_gpu.sh {accelerate|torchrun|multinode} [pal-adapters train options]" >&2
+    echo "usage: bash examples/multi_gpu.sh {accelerate|torchrun|fsdp|multinode} [pal-adapters train options]" >&2
     exit 2 ;;
 esac

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -69,10 +69,12 @@ class MultiTaskTrainer:
 
     def __init__(self, config: TrainConfig, task_defs: dict[str, TaskDef], *, backbone=None, tokenizer=None,
                  accelerator: Accelerator | None = None, cache_dir: str | None = None):
-        self.config = config
         configure_threads(config.num_threads)  # no more threads than cores: oversubscribed steps are slower
         return_freed_memory()  # each step's activations go back to the system (resources.py)
         self.accelerator = accelerator or make_accelerator(config)
+        if self.accelerator.distributed_type == DistributedType.FSDP:  # `accelerate launch` with an FSDP config:
+            config = config.replace(sharding="fsdp")  # our fully_shard (accelerate never prepares the model)
+        self.config = config
         set_seed(config.seed)
         if backbone is None:
             backbone, tokenizer = load_backbone(config.model)
@@ -92,7 +94,7 @@ class MultiTaskTrainer:
                     kind.init_head(self.model.heads[n].out, self.data[n].train["labels"])
         self.model.to(self.accelerator.device)
         if config.sharding == "fsdp":  # before the optimizer: FSDP replaces the parameters by their shards
-            shard_model(self.model, config.mixed_precision)
+            shard_model(self.model, self.accelerator.mixed_precision)
         self.sharded = is_sharded(self.model)
         self.weighting = LossWeighting(self.train_tasks, config.loss_weighting, config.task_weights or None)
         self.weighting.to(self.accelerator.device)
@@ -116,7 +118,8 @@ class MultiTaskTrainer:
         self.replicated = [p for p in self.trainable if not self.sharded or not is_sharded_parameter(p)]
         optimizer = build_optimizer(self.model, self.weighting, c)
         self.scheduler = build_schedule(optimizer, c, self.total_steps)
-        self.optimizer = self.accelerator.prepare(optimizer)
+        # accelerate's FSDP2 refuses to prepare an optimizer without its model, and adds nothing here
+        self.optimizer = optimizer if self.sharded else self.accelerator.prepare(optimizer)
 
     def _objective(self) -> Objective:
         kinds = {n: self.model.heads[n].kind for n in self.train_tasks}
