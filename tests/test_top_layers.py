@@ -135,3 +135,25 @@ def test_run_files_name_methods_on_top(tmp_path, adapter):
     run.write_text(f"model: bert-base-uncased\nadapter: {adapter}\ntasks: {{}}\n")
     config = resolve_adapter_config(read_run_file(run).train.adapter)
     assert config.method.on_top and config.placement == "top"
+
+
+def _reference_attention(x, qkv, heads, mask):
+    """The reference code's BERTSelfAttention: scores / sqrt(d/heads) + (1 - mask)·-10000, softmax."""
+    b, t, d = x.shape
+    q, k, v = (y.view(b, t, heads, d // heads).transpose(1, 2) for y in qkv(x).split(d, dim=-1))
+    scores = q @ k.transpose(-1, -2) / (d // heads) ** 0.5 + (1.0 - mask[:, None, None, :].float()) * -10000.0
+    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+
+
+def test_top_attention_matches_the_transcribed_formula():
+    config = AdapterConfig(kind="top_attention", num_heads=2, hidden_size=8, dropout=0.0, init="random")
+    model, batch = _model("bert", config, tasks=("a",)), tiny_batch()
+    randomize_adapters(model, std=0.2)
+    top, h = model.bank["a"].ts, torch.randn(3, 9, 32)
+    x = top.down(h)
+    for block in top.inner:  # BERTAttention(config, 12) of the reference, in d_s
+        x = block.norm(x + block.out(_reference_attention(x, block.attn.qkv, 2, batch["attention_mask"])))
+    expected = h + top.up(x)  # the reference has no outer residual: h_f = V^D g(V^E h)
+    keep = batch["attention_mask"].bool()[:, None, None, :]
+    with torch.no_grad():
+        assert torch.allclose(top(h, 1, keep), expected, atol=1e-5)
