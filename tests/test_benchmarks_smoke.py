@@ -107,6 +107,13 @@ def check_export(results: Path) -> None:
     assert report["files"]["all_tasks"]["mb"] > report["files"]["one_task"]["mb"] > 0  # + 3 tasks' adapters
 
 
+def check_top_layers(results: Path) -> None:
+    report = json.loads((results / "top_layers_smoke.json").read_text())
+    assert set(report["results"]) == {"top_layer", "top_attention"}
+    for row in report["results"].values():  # the encoder runs once, so all tasks cost less than the loop
+        assert row["speedup"]["median"] > 0 and row["params_per_task"] > 0 and row["speedup_bound"] > 1
+
+
 SCRIPTS = [
     ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen"],
      check_glue_accuracy),
@@ -118,6 +125,7 @@ SCRIPTS = [
     ("memory_breakdown.py", ["--smoke"], check_memory_breakdown),
     ("train_check.py", ["--smoke"], check_train_check),
     ("export.py", ["--smoke"], check_export),
+    ("top_layers.py", ["--smoke"], check_top_layers),
 ]
 
 
