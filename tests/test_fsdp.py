@@ -59,7 +59,8 @@ def test_every_task_gives_a_process_without_rows_a_stand_in_of_weight_zero():
 
 
 def test_two_sharded_processes_train_and_save_like_one(tmp_path):
-    """20 steps of: one-task batches; mixed with grad_accum 2; mixed batches of 4 rows over 3 tasks
+    """20 steps of: one-task batches; mixed with grad_accum 2 and uncertainty weighting (loss weights
+    outside FSDP, averaged by the flat all-reduce); mixed batches of 4 rows over 3 tasks
     with a frozen backbone (processes miss tasks); mixed, stopped at step 10 and resumed. Under a
     hard timeout: a collective that waits for a process that never comes fails the test."""
     task_file = tmp_path / "tasks.json"

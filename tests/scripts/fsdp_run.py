@@ -26,7 +26,7 @@ BASE = dict(max_steps=20, batch_size=8, lr=3e-3, eval_every=100, log_every=1, se
             adapter={"kind": "pal", "hidden_size": 8, "num_heads": 2, "dropout": 0.0})
 CASES = {
     "one_task": dict(),
-    "mixed_accum": dict(mixed_batches=True, grad_accum=2, epochs=4),
+    "mixed_accum": dict(mixed_batches=True, grad_accum=2, epochs=4, loss_weighting="uncertainty"),
     "mixed_small_frozen": dict(mixed_batches=True, batch_size=4, freeze_backbone=True),  # ranks miss tasks
     "mixed_resume": dict(mixed_batches=True, checkpoint_every=10),
 }
