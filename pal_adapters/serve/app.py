@@ -68,7 +68,8 @@ def create_app(model: Any, tokenizer: Any, settings: ServeSettings | None = None
     app.state.serve = state
     app.exception_handler(ServeError)(_serve_error)
     app.add_middleware(_metered(state))
-    _add_routes(app, state, tokenizer, static_info(model) | (info or {}))
+    _add_prediction_routes(app, state, tokenizer)
+    _add_status_routes(app, state, static_info(model) | (info or {}))
     _add_admin_routes(app, state)
     return app
 
@@ -114,7 +115,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _add_routes(app: FastAPI, state: ServeState, tokenizer: Any, info: dict[str, Any]) -> None:
+def _add_prediction_routes(app: FastAPI, state: ServeState, tokenizer: Any) -> None:
     settings, batcher = state.settings, state.batcher
 
     @app.post("/predict")
@@ -144,13 +145,18 @@ def _add_routes(app: FastAPI, state: ServeState, tokenizer: Any, info: dict[str,
             settings.request_timeout_s)
         return {"predictions": to_jsonable(predictions), "skipped": skipped}
 
+
+
+def _add_status_routes(app: FastAPI, state: ServeState, info: dict[str, Any]) -> None:
+    settings, batcher = state.settings, state.batcher
+
     @app.get("/tasks")
     async def tasks() -> dict[str, Any]:
         return {"tasks": task_table(batcher.catalog, batcher.model.adapter_config, state.limit)}
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        alive = batcher._thread.is_alive()
+        alive = batcher.worker_alive
         return JSONResponse({"status": "ok" if alive else "model worker stopped"}, status_code=200 if alive else 503)
 
     @app.get("/ready")

@@ -67,8 +67,14 @@ class Batcher:
             self._thread.join(timeout)
 
     @property
+    def worker_alive(self) -> bool:
+        """The model's worker thread runs (also while draining): the liveness of ``/health``."""
+        return self._thread.is_alive()
+
+    @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self.queue.closed
+        """The worker runs and takes new jobs."""
+        return self.worker_alive and not self.queue.closed
 
     async def predict(self, task: str, pieces: list[Piece], size: int, timeout: float) -> list[Any]:
         """The predictions of one request's ``size`` inputs, in order."""
