@@ -199,12 +199,8 @@ def _read_split(task_def: TaskDef, split: Literal["train", "dev"],
     if source.kind == "hub":
         cache = None if cache_dir is None else str(cache_dir)
         ds = datasets.load_dataset(source.path, source.subset, split=name, cache_dir=cache)
-        if qa:
-            return qa_columns(ds, source.text_columns, source.label_column, f"task {task_def.name!r} ({source.path})")
-        if tagged:
-            return _tagged(ds, source, convert, f"task {task_def.name!r} ({source.path}/{source.subset}:{name})")
-        return map_columns(ds, source.text_columns, source.label_column, convert,
-                           where=f"task {task_def.name!r} ({source.path}/{source.subset}:{name})")
+        return _standard(ds, source, convert, f"task {task_def.name!r} ({source.path}/{source.subset}:{name})",
+                         qa, tagged)
     path = Path(source.path) / (name if Path(name).suffix else name + _EXTENSIONS[source.kind])
     if source.kind == "glue_tsv":
         return read_glue_tsv(path, source.glue_task, convert)
@@ -215,11 +211,17 @@ def _read_split(task_def: TaskDef, split: Literal["train", "dev"],
         ds = datasets.Dataset.from_dict(readers[source.kind](path))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. a JSONL key holding both 0 and "pos"
         raise ValueError(f"{str(path)!r}: a column mixes value types ({e})") from None
+    return _standard(ds, source, convert, str(path), qa, tagged)
+
+
+def _standard(ds: datasets.Dataset, source: Any, convert: LabelConverter, where: str, qa: bool,
+              tagged: bool) -> datasets.Dataset:
+    """A hub or table dataset in the kind's standard columns (QA rows, tagged words, or text + label)."""
     if qa:
-        return qa_columns(ds, source.text_columns, source.label_column, str(path))
+        return qa_columns(ds, source.text_columns, source.label_column, where)
     if tagged:
-        return _tagged(ds, source, convert, str(path))
-    return map_columns(ds, source.text_columns, source.label_column, convert, where=str(path))
+        return _tagged(ds, source, convert, where)
+    return map_columns(ds, source.text_columns, source.label_column, convert, where=where)
 
 
 def _tagged(ds: datasets.Dataset, source: Any, convert: LabelConverter, where: str) -> datasets.Dataset:
