@@ -22,7 +22,7 @@ from torch import nn
 from .adapters import TaskAdapter
 from .config import AdapterConfig, resolve_adapter_config
 from .layouts import Layout, ResolvedLayout, resolve_layout
-from .placement import SCALE, Stage, earliest, first_point, site_rules
+from .placement import SCALE, SiteRule, Stage, earliest, first_point, site_rules
 from .routing import ALL_ROWS, Router, Routing
 from .sites import EncoderHooks, LayerSite, unbind_checkpointing
 
@@ -172,8 +172,11 @@ class AdapterBank(nn.ModuleDict):
         """Whether ``task``'s adapter changes the value at ``stage`` of layer ``depth``."""
         if task is None or depth not in self[task].depths:
             return False
-        adapter: TaskAdapter = self[task]
-        return (self.rules[adapter.placement] if adapter.ts is not None else SCALE).acts_at is stage
+        return self._rule(self[task]).acts_at is stage
+
+    def _rule(self, adapter: TaskAdapter) -> SiteRule:
+        """Where and how ``adapter`` acts: its placement's row of placement.py's table (LHUC alone: SCALE)."""
+        return self.rules[adapter.placement] if adapter.ts is not None else SCALE
 
     def _apply_task(self, task: str | None, stage: Stage, x: torch.Tensor, h_in: torch.Tensor | None, depth: int,
                     keep: torch.Tensor | None) -> torch.Tensor:
@@ -182,7 +185,7 @@ class AdapterBank(nn.ModuleDict):
         adapter: TaskAdapter = self[task]
         if depth not in adapter.depths:
             return x
-        rule = self.rules[adapter.placement] if adapter.ts is not None else SCALE  # placement.py's table
+        rule = self._rule(adapter)
         if stage is not rule.acts_at:
             return x
         if rule.scales:
