@@ -15,6 +15,7 @@ import platform
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -430,3 +431,18 @@ def randomize_(module: Any, prefix: str, std: float = 0.02, seed: int = 0) -> No
         for name, p in module.named_parameters():
             if prefix in name:
                 p.copy_((torch.randn(p.shape, generator=g) * std).to(p.dtype))
+
+
+def run_on_processes(script: str, worker: Callable[[Any], Any], args: Any, processes: int = 2) -> None:
+    """Run ``worker(args)`` in each of ``processes`` CPU processes: this script relaunches itself
+    under ``torchrun --standalone`` (a free rendezvous port; gloo) and exits with its status.
+    ``args.argv`` is the command as the user typed it, for ``run_metadata``."""
+    key = "PAL_BENCHMARK_ARGV"
+    args.argv = shlex.split(os.environ.get(key, shlex.join(sys.argv)))
+    if "RANK" in os.environ:
+        worker(args)
+        return
+    env = {**os.environ, key: shlex.join(sys.argv), "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           script, *sys.argv[1:]]
+    sys.exit(subprocess.run(cmd, env=env).returncode)

@@ -26,14 +26,12 @@ Writes benchmarks/results/fsdp_memory[_smoke].json.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MINILM_SHAPE, TINY_SHAPE, format_table, padded_inputs, run_metadata, write_json  # noqa: E402
+from common import MINILM_SHAPE, TINY_SHAPE, format_table, padded_inputs, run_metadata, run_on_processes, write_json  # noqa: E402
 
 TARGET = 0.55  # fsdp / replicated, params + grads + optimizer per process (issue 18)
 MODES = ("replicated", "fsdp", "fsdp_adapters_replicated")
@@ -131,13 +129,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    args.argv = os.environ.get("FSDP_MEMORY_ARGV", " ".join(sys.argv)).split(" ")
-    if "RANK" in os.environ:
-        return worker(args)
-    env = {**os.environ, "FSDP_MEMORY_ARGV": " ".join(sys.argv), "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
-           __file__, *sys.argv[1:]]
-    sys.exit(subprocess.run(cmd, env=env).returncode)
+    run_on_processes(__file__, worker, args)
 
 
 if __name__ == "__main__":

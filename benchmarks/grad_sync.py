@@ -19,8 +19,6 @@ Writes benchmarks/results/grad_sync[_smoke].json.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ from common import (  # noqa: E402
     format_table,
     padded_inputs,
     run_metadata,
+    run_on_processes,
     summary,
     write_json,
 )
@@ -108,13 +107,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    args.argv = os.environ.get("GRAD_SYNC_ARGV", " ".join(sys.argv)).split(" ")
-    if "RANK" in os.environ:
-        return worker(args)
-    env = {**os.environ, "GRAD_SYNC_ARGV": " ".join(sys.argv), "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29562",
-           __file__, *sys.argv[1:]]
-    sys.exit(subprocess.run(cmd, env=env).returncode)
+    run_on_processes(__file__, worker, args)
 
 
 if __name__ == "__main__":
