@@ -74,6 +74,7 @@ class Setup:
     mode: str
     adapters: bool = True
     train: tuple[tuple[str, Any], ...] = ()
+    distill: bool = False  # MT-DNN-KD: soft targets from (a)-style teachers (glue_teachers.py)
 
 
 TUNED = (("freeze_backbone", False),)
@@ -95,21 +96,32 @@ CONFIGS = {
     "f_top_layer": Setup("(f) multi-task, BERT layer on top", "multi", True, TUNED + (("adapter", "top_layer"),)),
     "g_top_attention": Setup("(g) multi-task, projected attention on top", "multi", True,
                              TUNED + (("adapter", "top_attention"),)),
+    # MT-DNN-KD: (c) trained on its teachers' averaged class probabilities only (alpha 1)
+    "c_pal_kd": Setup("(c) + MT-DNN-KD from (a) teachers", "multi", True, TUNED + (("adapter", "pal"),), True),
+    "c_uncertainty": Setup("(c) with uncertainty loss weighting", "multi", True,
+                           TUNED + (("adapter", "pal"), ("loss_weighting", "uncertainty"))),
 }
 
 
 def run_setup(name: str, setup: Setup, defs: dict, budget: Budget, factories, work: Path,
-              adapter_set: dict[str, Any]) -> dict[str, Any]:
-    """Train one configuration; per-task final/best metrics, wall time, parameter counts."""
+              adapter_set: dict[str, Any], where: tuple[str, Path, Path]) -> dict[str, Any]:
+    """Train one configuration; per-task final/best metrics, wall time, parameter counts.
+    ``where``: (profile, results folder, cache folder), where a distilled configuration's teachers are kept."""
     backbone, seq_cls = factories
     train = dict(setup.train)
     if adapter_set and "adapter" in train:
         base = train["adapter"]
         train["adapter"] = {**(PRESETS[base].to_dict() if isinstance(base, str) else base), **adapter_set}
+    teachers = {}
+    if setup.distill:
+        from glue_teachers import teacher_probabilities
+
+        files, teachers = teacher_probabilities(defs, budget, backbone, work, *where)
+        train["distill"] = {"probabilities": files, "alpha": 1.0}
     if setup.mode == "multi":
         run = train_with_package(defs, sum(budget.steps.values()), budget, backbone, work / name, train,
                                  setup.adapters)
-        return {"runs": {"all": run}, **_merge([run], per_task=False)}
+        return {"runs": {"all": run}, **_merge([run], per_task=False)} | ({"teachers": teachers} if teachers else {})
     runs = {}
     for task, definition in defs.items():
         steps = budget.steps[task]
@@ -176,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapter-set", action="append", default=[], help="AdapterConfig field=value")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
     p.add_argument("--results-dir", default=str(RESULTS_DIR / "glue_accuracy"))
+    p.add_argument("--teacher-cache", default=str(Path(__file__).resolve().parent / ".cache" / "glue_teachers"),
+                   help="where c_pal_kd's teachers' probability files are kept (model outputs, not results)")
     p.add_argument("--steps", type=int, default=0, help="steps per task instead of the profile's")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=1)
@@ -217,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 (k, v) for k, v in extra["train"].items() if k not in ("lr", "adapter_lr")))
         print(f"\n=== {name}: {setup.label}; steps per task {budget.steps}", flush=True)
         start = time.perf_counter()
-        result = run_setup(name, setup, defs, budget, factories, work, extra["adapter"])
+        result = run_setup(name, setup, defs, budget, factories, work, extra["adapter"],
+                           (args.profile, Path(args.results_dir), Path(args.teacher_cache)))
         backbone_params = sum(p.numel() for p in factories[0]()[0].parameters())
         result.update(config=name, label=setup.label, profile=args.profile, tasks=tasks, overrides=extra,
                       budget=dataclasses.asdict(budget), backbone_params=backbone_params,

@@ -75,8 +75,10 @@ def drop_adapters(trainer: MultiTaskTrainer) -> None:
 
 
 def train_with_package(defs: dict[str, TaskDef], steps: int, budget: Budget, backbone: BackboneFactory,
-                       out: Path, overrides: dict[str, Any], adapters: bool = True) -> dict[str, Any]:
-    """One ``MultiTaskTrainer`` run over ``defs`` for ``steps`` optimizer steps."""
+                       out: Path, overrides: dict[str, Any], adapters: bool = True,
+                       keep: Callable[[MultiTaskTrainer], None] | None = None) -> dict[str, Any]:
+    """One ``MultiTaskTrainer`` run over ``defs`` for ``steps`` optimizer steps; ``keep`` sees the
+    trained trainer before its folder is removed (the teachers write their outputs there)."""
     net, tokenizer = backbone()
     config = _train_config(budget, steps, out, overrides)
     trainer = MultiTaskTrainer(config, defs, backbone=net, tokenizer=tokenizer, cache_dir=budget.cache_dir)
@@ -86,14 +88,18 @@ def train_with_package(defs: dict[str, TaskDef], steps: int, budget: Budget, bac
     start = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - start
-    evals = [e for e in read_jsonl(out / "log.jsonl") if e.get("kind") == "eval"]
+    if keep is not None:
+        keep(trainer)
+    records = read_jsonl(out / "log.jsonl")
+    evals = [e for e in records if e.get("kind") == "eval"]
+    train_log = [{k: e.get(k) for k in ("step", "task", "loss", "weight")} for e in records if e.get("kind") == "train"]
     shutil.rmtree(out, ignore_errors=True)  # checkpoints and saved models are not results
     best = max(evals, key=lambda e: e["score"])
     trainable = report.trainable - (0 if adapters else sum(report.adapters.values()))
     return {"final": evals[-1]["metrics"], "best": best["metrics"], "best_step": best["step"], "steps": steps,
             "wall_s": wall, "backbone_params": report.backbone, "trainable_params": trainable,
             "added_params": sum(report.heads.values()) + (sum(report.adapters.values()) if adapters else 0),
-            "curve": [{"step": e["step"], "metrics": e["metrics"]} for e in evals]}
+            "curve": [{"step": e["step"], "metrics": e["metrics"]} for e in evals], "train_log": train_log}
 
 
 # ---- PEFT LoRA ------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def check_glue_accuracy(results: Path) -> None:
     summary = json.loads((results / "smoke.json").read_text())
     assert (results / "smoke.png").stat().st_size > 0
-    assert set(summary["results"]) == {"a_single_ft__tasks=rte+stsb", "c_pal__tasks=rte+stsb",
-                                       "e_lora_frozen__tasks=rte+stsb"}
+    assert set(summary["results"]) == {f"{c}__tasks=rte+stsb" for c in ("a_single_ft", "c_pal", "e_lora_frozen",
+                                                                       "c_pal_kd", "c_uncertainty")}
     for name, r in summary["results"].items():
         assert set(r["final"]) == {"rte", "stsb"}, name
         assert 0.0 <= r["final"]["rte"]["accuracy"] <= 1.0
@@ -31,6 +31,14 @@ def check_glue_accuracy(results: Path) -> None:
         assert all(math.isfinite(v) or math.isnan(v) for v in r["best"]["stsb"].values())
     multiples = {n.split("__")[0]: r["parameter_multiple"] for n, r in summary["results"].items()}
     assert multiples["a_single_ft"] > 2.0 > multiples["c_pal"] > 1.0  # two tuned copies vs one shared
+    kd = json.loads((results / "smoke" / "c_pal_kd__tasks=rte+stsb.json").read_text())
+    assert {t: [r["seed"] for r in runs] for t, runs in kd["teachers"].items()} == {"rte": [42, 43, 44],
+                                                                                   "stsb": [42]}
+    assert sorted(p.name for p in (results / "cache" / "smoke").iterdir()) == [
+        "rte-seed42.safetensors", "rte-seed43.safetensors", "rte-seed44.safetensors", "stsb-seed42.safetensors"]
+    weighted = json.loads((results / "smoke" / "c_uncertainty__tasks=rte+stsb.json").read_text())
+    weights = [e["weight"] for e in weighted["runs"]["all"]["train_log"]]
+    assert weights[0] == 1.0 and any(w != 1.0 for w in weights)  # exp(-s_t), s_t = 0 at the start, then learnt
 
 
 def check_ner_qa_accuracy(results: Path) -> None:
@@ -115,8 +123,8 @@ def check_top_layers(results: Path) -> None:
 
 
 SCRIPTS = [
-    ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen"],
-     check_glue_accuracy),
+    ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen",
+                          "c_pal_kd", "c_uncertainty", "--teacher-cache", "{results}/cache"], check_glue_accuracy),
     ("ner_qa_accuracy.py", ["--smoke"], check_ner_qa_accuracy),
     ("overhead.py", ["--smoke", "--output", "overhead_smoke.json"], check_overhead),
     ("mixed_batch.py", ["--smoke"], check_mixed_batch),
@@ -132,6 +140,7 @@ SCRIPTS = [
 @pytest.mark.parametrize(("script", "args", "check"), SCRIPTS, ids=[s[0] for s in SCRIPTS])
 def test_benchmark_script_runs_in_its_tiny_mode(script, args, check, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    args = [a.format(results=tmp_path) for a in args]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--results-dir", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -195,9 +195,10 @@ class MultiTaskTrainer:
         for t, v in losses.items():
             pending.setdefault(t, []).append(v)
         if log and (state["step"] % self.config.log_every == 0 or state["step"] == 1):
+            weights = self.weighting.task_weights()  # each task's loss multiplier (uncertainty: exp(-s_t))
             for t, values in pending.items():
                 log.log({"kind": "train", "step": state["step"], "task": t, "loss": sum(values) / len(values),
-                         "steps": len(values), "lr": self.scheduler.get_last_lr()[0]})
+                         "steps": len(values), "lr": self.scheduler.get_last_lr()[0], "weight": weights[t]})
             pending.clear()
         if self._due(state["step"], self.config.eval_every or self.epoch_steps):
             self._evaluate(state, log)

@@ -2,7 +2,8 @@
 
 Records are flat dicts, one JSON object per line. The training loop writes two kinds:
 
-- ``{"kind": "train", "step": int, "task": str, "loss": float, ...}``
+- ``{"kind": "train", "step": int, "task": str, "loss": float, "weight": float, ...}`` (``weight``: the
+  task loss's multiplier, ``exp(-s_t)`` under uncertainty weighting)
 - ``{"kind": "eval", "step": int, "metrics": {task: {metric: value}}, "score": float, ...}``
 
 Floats keep 6 significant digits; non-finite values are written as ``null`` (strict JSON).
