@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MINILM_SHAPE, TINY_SHAPE, format_table, padded_inputs, run_metadata, run_on_processes, write_json  # noqa: E402
+from common import (  # noqa: E402
+    MINILM_SHAPE,
+    TINY_SHAPE,
+    format_table,
+    padded_inputs,
+    run_metadata,
+    run_on_processes,
+    set_results_dir,
+    write_json,
+)
 
 TARGET = 0.55  # fsdp / replicated, params + grads + optimizer per process (issue 18)
 MODES = ("replicated", "fsdp", "fsdp_adapters_replicated")
@@ -117,6 +126,7 @@ def worker(args: argparse.Namespace) -> None:
               "shape": shape, "tasks": args.tasks, "adapter": "pal", "backbone": "tuned",
               "batch": args.batch, "length": args.length, "units": "bytes per process", "rows": rows,
               "over_replicated": ratios, "target_fsdp_over_replicated": TARGET}
+    set_results_dir(args.results_dir)
     name = "fsdp_memory_smoke.json" if args.smoke else "fsdp_memory.json"
     print(f"wrote {write_json(name, report)}")
     dist.destroy_process_group()
@@ -128,6 +138,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--results-dir", default=None, help="write the JSON here instead of benchmarks/results/")
     args = parser.parse_args()
     run_on_processes(__file__, worker, args)
 

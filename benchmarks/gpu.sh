@@ -67,16 +67,16 @@ for dt in fp32 bf16; do
 done
 step overhead_bf16_compile          90 "$PY" $B/overhead.py --device cuda --dtype bf16 --compile --threads 1 --repeats 5 --output overhead.json
 step memory_cuda                     75 "$PY" $B/memory.py --device cuda --batch 16 --steps 2
-# FSDP2 at world size 1 on the GPU (NCCL, one-process group): the 4 training cases of tests/test_fsdp.py,
+# FSDP2 at world size 1 on the GPU (NCCL, one-process group): the 5 training cases of tests/test_fsdp.py,
 # sharded, then unsharded; their weights must agree (1e-4: GPU kernels are not the CPU's).
 fsdp_smoke() {
     local d="$out/fsdp"; rm -rf "$d"; mkdir -p "$d/fsdp" "$d/none"
     "$PY" -c "import json,sys; sys.path.insert(0,'tests'); from pathlib import Path; from helpers import write_toy_tasks; \
 Path('$d/tasks.json').write_text(json.dumps(write_toy_tasks(Path('$d/data'))))" &&
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 tests/scripts/fsdp_run.py "$d/tasks.json" "$d/fsdp" fsdp &&
-    "$PY" tests/scripts/fsdp_run.py "$d/tasks.json" "$d/none" none &&
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 tests/scripts/train_cases.py "$d/tasks.json" "$d/fsdp" fsdp &&
+    "$PY" tests/scripts/train_cases.py "$d/tasks.json" "$d/none" none &&
     "$PY" -c "from safetensors.torch import load_file as f; import sys; \
-c = ['one_task', 'mixed_accum', 'mixed_small_frozen', 'mixed_resume']; \
+c = ['one_task', 'mixed_accum', 'mixed_small_frozen', 'mixed_two_rows', 'mixed_resume']; \
 e = {k: max((f(f'$d/fsdp/{k}.safetensors')[n] - v).abs().max().item() for n, v in f(f'$d/none/{k}.safetensors').items()) for k in c}; \
 print('max |fsdp - none|', e); sys.exit(max(e.values()) > 1e-4)"
 }

@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     padded_inputs,
     run_metadata,
     run_on_processes,
+    set_results_dir,
     summary,
     write_json,
 )
@@ -94,6 +95,7 @@ def worker(args: argparse.Namespace) -> None:
         report = {**run_metadata(args.argv), "processes": dist.get_world_size(), "backend": "gloo", "shape": shape,
                   "tasks": args.tasks, "batch_per_process": args.batch, "length": args.length, "steps": args.steps,
                   "warmup": args.warmup, "seconds_per_step": times, "summary": stats, "ddp_over_flat": ratio}
+        set_results_dir(args.results_dir)
         print(f"wrote {write_json('grad_sync_smoke.json' if args.smoke else 'grad_sync.json', report)}")
     dist.destroy_process_group()
 
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--results-dir", default=None, help="write the JSON here instead of benchmarks/results/")
     args = parser.parse_args()
     run_on_processes(__file__, worker, args)
 

@@ -122,6 +122,21 @@ def check_top_layers(results: Path) -> None:
         assert row["speedup"]["median"] > 0 and row["params_per_task"] > 0 and row["speedup_bound"] > 1
 
 
+def check_fsdp_memory(results: Path) -> None:
+    report = json.loads((results / "fsdp_memory_smoke.json").read_text())
+    rows, ratios = report["rows"], report["over_replicated"]
+    for row in rows.values():  # exact bytes, parts adding up
+        assert row["total"] == row["params"] + row["grads"] + row["optimizer"] > 0
+    assert ratios["replicated"] == 1.0 and 0.45 < ratios["fsdp"] < ratios["fsdp_adapters_replicated"] < 1.0
+
+
+def check_grad_sync(results: Path) -> None:
+    report = json.loads((results / "grad_sync_smoke.json").read_text())
+    assert report["processes"] == 2 and set(report["summary"]) == {"flat", "ddp"}
+    assert all(len(v) == report["steps"] and min(v) > 0 for v in report["seconds_per_step"].values())
+    assert report["ddp_over_flat"] == report["summary"]["ddp"]["median"] / report["summary"]["flat"]["median"]
+
+
 SCRIPTS = [
     ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen",
                           "c_pal_kd", "c_uncertainty", "--teacher-cache", "{results}/cache"], check_glue_accuracy),
@@ -134,6 +149,8 @@ SCRIPTS = [
     ("train_check.py", ["--smoke"], check_train_check),
     ("export.py", ["--smoke"], check_export),
     ("top_layers.py", ["--smoke"], check_top_layers),
+    ("fsdp_memory.py", ["--smoke"], check_fsdp_memory),
+    ("grad_sync.py", ["--smoke", "--steps", "4", "--warmup", "1"], check_grad_sync),
 ]
 
 

@@ -4,8 +4,6 @@ never waits on a task one process lacks, and saves what an unsharded model saves
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 from helpers import toy_tokenizer, write_toy_tasks
 from safetensors.torch import load_file
-from test_distributed import free_port
+from test_distributed import launch_two
 
 from pal_adapters.training.batcher import Batcher
 from pal_adapters.training.config import TrainConfig
@@ -22,9 +20,9 @@ from pal_adapters.training.data import DynamicPaddingCollator
 from pal_adapters.training.sampling import SamplingConfig, TaskSampler
 from pal_adapters.training.streams import TaskStream
 
-SCRIPT = Path(__file__).parent / "scripts" / "fsdp_run.py"
+SCRIPT = Path(__file__).parent / "scripts" / "train_cases.py"
 sys.path.insert(0, str(SCRIPT.parent))
-from fsdp_run import CASES, main  # noqa: E402
+from train_cases import CASES, main  # noqa: E402
 
 
 def test_sharding_field_names_its_choices():
@@ -65,13 +63,9 @@ def test_two_sharded_processes_train_and_save_like_one(tmp_path):
     hard timeout: a collective that waits for a process that never comes fails the test."""
     task_file = tmp_path / "tasks.json"
     task_file.write_text(json.dumps(write_toy_tasks(tmp_path / "data")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", str(free_port()), "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(SCRIPT), str(task_file), str(tmp_path / "two"), "fsdp"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    done = launch_two(SCRIPT, str(task_file), str(tmp_path / "two"), "fsdp")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("num_processes=2 sharded=True") == 2, done.stdout[-2000:]
+    assert done.stdout.count("num_processes=2 sharded=True ddp=False") == 2, done.stdout[-2000:]
     (tmp_path / "one").mkdir()
     main(str(task_file), str(tmp_path / "one"), "none")
     for case in CASES:

@@ -71,7 +71,8 @@ class Batcher:
     rows from ``rank`` on (a one-task batch must split evenly; see ``streams.shard``).
     ``every_task``: a process left without rows of a drawn task gets a stand-in, the task's first
     group of the global batch with ``share`` 0, so every process runs every drawn task's adapter
-    and head (sharded units must run on all processes alike) and the loss does not change.
+    and head (FSDP's units must run on all processes alike; DDP's reducer waits for every
+    process's backward) and the loss does not change.
     """
 
     def __init__(self, streams: Mapping[str, TaskStream], sampler: TaskSampler, *, batch_size: int,
@@ -85,7 +86,8 @@ class Batcher:
 
     @classmethod
     def for_run(cls, config: TrainConfig, streams: Mapping[str, TaskStream], schedule: Schedule,
-                collator: DynamicPaddingCollator, pad_id: int, rank: int = 0, world: int = 1) -> Batcher:
+                collator: DynamicPaddingCollator, pad_id: int, rank: int = 0, world: int = 1,
+                every_task: bool = False) -> Batcher:
         """The batcher of a training run: its sampler follows ``config.sampling`` over ``schedule``."""
         sampling = SamplingConfig(config.sampling, config.seed, config.epochs, schedule.steps_per_epoch)
         try:
@@ -94,7 +96,7 @@ class Batcher:
             raise ValueError(f"training: sampling={config.sampling!r} with epochs={config.epochs}, "
                              f"max_steps={config.max_steps}, grad_accum={config.grad_accum}: {err}") from None
         return cls(streams, sampler, batch_size=config.batch_size, mixed=config.mixed_batches,
-                   collator=collator, pad_id=pad_id, rank=rank, world=world, every_task=config.sharding == "fsdp")
+                   collator=collator, pad_id=pad_id, rank=rank, world=world, every_task=every_task)
 
     @property
     def micro_step(self) -> int:

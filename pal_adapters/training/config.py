@@ -22,6 +22,7 @@ Optimizer = Literal["adamw", "adamax"]
 Weighting = Literal["sum", "fixed", "uncertainty"]
 Precision = Literal["no", "fp16", "bf16"]
 Sharding = Literal["none", "fsdp"]
+GradSync = Literal["ddp", "flat"]
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,16 @@ class TrainConfig:
             ``alpha``).
         init_heads_from_labels: before step 0, let each task's kind initialise its new head from
             the training labels (regression: bias = mean label; ``TaskKind.init_head``).
-        sharding: ``none`` (every process holds the whole model; gradients averaged by one flat
-            all-reduce, ``distributed.py``) or ``fsdp`` (FSDP2 ``fully_shard`` of the embedding
-            table, each layer and the rest: parameters, gradients and optimizer state split over
-            the processes, ``sharding.py``; with ``mixed_precision: bf16``, bf16 parameters and
-            fp32 reductions).
+        sharding: ``none`` (every process holds the whole model, gradients averaged as
+            ``grad_sync`` says) or ``fsdp`` (FSDP2 ``fully_shard`` of the embedding table, each
+            layer and the rest: parameters, gradients and optimizer state split over the
+            processes, ``sharding.py``; with ``mixed_precision: bf16``, bf16 parameters and fp32
+            reductions).
+        grad_sync: how an unsharded model's gradients are averaged over processes: ``ddp``
+            (Accelerate's ``prepare(model)``, DistributedDataParallel with
+            ``find_unused_parameters``: bucketed all-reduces overlapped with the backward, faster
+            in ``benchmarks/grad_sync.py``) or ``flat`` (one all-reduce of every trainable
+            gradient after the backward, ``distributed.py``). Unused with one process or FSDP.
         num_threads: torch's CPU threads per process; 0 = ``OMP_NUM_THREADS`` if set, else at
             most this process's share of the CPUs it may use (affinity, cgroup quota).
     """
@@ -96,6 +102,7 @@ class TrainConfig:
     init_heads_from_labels: bool = True
     num_threads: int = 0
     sharding: Sharding = "none"
+    grad_sync: GradSync = "ddp"
 
     def __post_init__(self) -> None:
         check_fields(self, "training")  # types (and Literal choices) first: the range checks compare numbers

@@ -6,9 +6,13 @@
     every eval_every steps: every task's dev metrics, the best model by their sum, a checkpoint.
 
 The same code runs on one CPU or under ``accelerate launch`` / ``torchrun`` on many processes;
-with ``sharding: fsdp`` the model is sharded by FSDP2 (``sharding.py``), every process runs every
-forward (evaluations too: sharded units gather on all processes) and the main process saves the
-gathered full weights.
+an unsharded model is prepared by Accelerate as DistributedDataParallel (``grad_sync: ddp``, with
+``find_unused_parameters``: a step leaves the other tasks' parameters without gradients) or left
+alone for one flat all-reduce per step (``grad_sync: flat``, ``distributed.py``); with
+``sharding: fsdp`` it is sharded by FSDP2 (``sharding.py``), every process runs every forward
+(evaluations too: sharded units gather on all processes) and the main process saves the gathered
+full weights. DDP and FSDP both need every process to run each micro-step's forward and backward:
+the batcher gives a process without rows of a drawn task a stand-in row of weight 0.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
@@ -34,7 +37,7 @@ from .checkpoint import CheckpointError, load_checkpoint, recover_checkpoint, rn
 from .config import TrainConfig
 from .data import DynamicPaddingCollator
 from .distill import DistillConfig, TeacherEnsemble
-from .distributed import all_reduce_gradients, any_process
+from .distributed import all_reduce_gradients, any_process, data_parallel, make_accelerator, synced_if
 from .evaluate import combined_score, evaluate
 from .interrupt import StopSignals, TrainingInterrupted
 from .losses import LossWeighting
@@ -45,14 +48,6 @@ from .setup import TaskData, build_optimizer, build_schedule, dev_loaders, load_
 from .sharding import clip_grad_norm, full_optimizer_state, gathered, is_sharded, is_sharded_parameter, shard_model
 from .streams import TaskStream
 from .taskdefs import TaskDef
-
-
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    """An Accelerator for this machine. Without a GPU we ask for CPU explicitly: accelerate only
-    sets up multi-process CPU training (gloo) under ``accelerate launch``/``torchrun`` when told."""
-    has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    has_gpu = has_gpu or torch.backends.mps.is_available()
-    return Accelerator(mixed_precision=config.mixed_precision, cpu=not has_gpu)
 
 
 @dataclass
@@ -96,6 +91,9 @@ class MultiTaskTrainer:
         if config.sharding == "fsdp":  # before the optimizer: FSDP replaces the parameters by their shards
             shard_model(self.model, self.accelerator.mixed_precision)
         self.sharded = is_sharded(self.model)
+        ddp = not self.sharded and config.grad_sync == "ddp"
+        self.forward_model = data_parallel(self.accelerator, self.model) if ddp else self.model  # (its DDP)
+        self.ddp = self.forward_model is not self.model
         self.weighting = LossWeighting(self.train_tasks, config.loss_weighting, config.task_weights or None)
         self.weighting.to(self.accelerator.device)
         self._build_schedule_objects()
@@ -112,10 +110,14 @@ class MultiTaskTrainer:
         self.schedule = Schedule.of(c, {n: len(s) for n, s in streams.items()})
         self.total_steps, self.epoch_steps = self.schedule.total_steps, self.schedule.epoch_steps
         self.batcher = Batcher.for_run(c, streams, self.schedule, DynamicPaddingCollator(self.tokenizer),
-                                       self.tokenizer.pad_token_id or 0, acc.process_index, acc.num_processes)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
-        # FSDP reduce-scatters the gradients of sharded parameters; the rest (loss weights) are averaged here
-        self.replicated = [p for p in self.trainable if not self.sharded or not is_sharded_parameter(p)]
+                                       self.tokenizer.pad_token_id or 0, acc.process_index, acc.num_processes,
+                                       every_task=self.sharded or self.ddp)
+        model_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = model_params + list(self.weighting.parameters())
+        # DDP all-reduces the model's gradients and FSDP reduce-scatters its shards' gradients; the
+        # rest (loss weights; everything under grad_sync: flat) are averaged here, after the backward
+        engine = {id(p) for p in model_params if self.ddp or is_sharded_parameter(p)}
+        self.replicated = [p for p in self.trainable if id(p) not in engine]
         optimizer = build_optimizer(self.model, self.weighting, c)
         self.scheduler = build_schedule(optimizer, c, self.total_steps)
         # accelerate's FSDP2 refuses to prepare an optimizer without its model, and adds nothing here
@@ -138,7 +140,7 @@ class MultiTaskTrainer:
         if not batch.segments:  # a mixed batch's few rows all went to other processes
             return {}
         with self.accelerator.autocast():
-            loss = self.objective(self.model(**batch.model_inputs()), batch)
+            loss = self.objective(self.forward_model(**batch.model_inputs()), batch)
         self.accelerator.backward(loss.total / self.config.grad_accum)
         own = {s.task for s in batch.segments if s.share > 0}  # not the stand-ins of ``Batcher(every_task=True)``
         return {t: float(v.detach()) for t, v in loss.tasks.items() if t in own}
@@ -147,9 +149,11 @@ class MultiTaskTrainer:
         assert self.batcher.micro_step == step * self.config.grad_accum, "the batcher's clock is not the step's"
         losses: dict[str, list[float]] = {}
         self.model.train()
-        for _ in range(self.config.grad_accum):
-            for t, v in self._micro_step().items():
-                losses.setdefault(t, []).append(v)
+        for i in range(self.config.grad_accum):
+            last = i == self.config.grad_accum - 1  # DDP all-reduces once, in the last backward
+            with synced_if(last, self.forward_model):
+                for t, v in self._micro_step().items():
+                    losses.setdefault(t, []).append(v)
         if self.replicated:
             all_reduce_gradients(self.replicated, self.accelerator.num_processes)
         if self.config.max_grad_norm and self.sharded:

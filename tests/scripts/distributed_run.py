@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import toy_backbone, toy_tokenizer  # noqa: E402
 
 from pal_adapters.training.config import TrainConfig  # noqa: E402
-from pal_adapters.training.loop import MultiTaskTrainer, make_accelerator  # noqa: E402
+from pal_adapters.training.distributed import make_accelerator  # noqa: E402
+from pal_adapters.training.loop import MultiTaskTrainer  # noqa: E402
 from pal_adapters.training.taskdefs import load_task_defs  # noqa: E402
 
 CONFIG = dict(max_steps=8, batch_size=16, lr=3e-3, eval_every=100, log_every=1, seed=5,

@@ -1,6 +1,8 @@
-"""Run by tests/test_fsdp.py under ``accelerate launch`` (2 CPU processes, gloo), or by the test
-itself with ``--one``: train the toy problem in every case of ``CASES`` and write each case's final
-trainable weights (full, gathered) to ``out/<case>.safetensors``. The resume case stops at step 10
+"""Run by tests/test_fsdp.py and tests/test_distributed.py under ``accelerate launch`` (2 CPU
+processes, gloo) with MODE ``fsdp``, ``ddp`` or ``flat`` (how the model is sharded or its gradients
+averaged), or by the tests themselves with ``none`` (one process): train the toy problem in every
+case of ``CASES`` and write each case's final trainable weights (full, gathered) to
+``out/<case>.safetensors``. The resume case stops at step 10
 and a new trainer resumes from its checkpoint. With 2 processes the main process also saves the
 sharded model, reloads it unsharded and saves that again (``<case>-saved``, ``<case>-saved-resaved``;
 ``save_task`` likewise)."""
@@ -28,23 +30,25 @@ CASES = {
     "one_task": dict(),
     "mixed_accum": dict(mixed_batches=True, grad_accum=2, epochs=4, loss_weighting="uncertainty"),
     "mixed_small_frozen": dict(mixed_batches=True, batch_size=4, freeze_backbone=True),  # ranks miss tasks
+    "mixed_two_rows": dict(mixed_batches=True, batch_size=2),  # a process often has no row at all
     "mixed_resume": dict(mixed_batches=True, checkpoint_every=10),
 }
 
 
-def trainer(task_file: str, out: Path, case: str, sharding: str, accelerator) -> MultiTaskTrainer:
-    config = TrainConfig(output_dir=str(out / case), sharding=sharding, **{**BASE, **CASES[case]})
+def trainer(task_file: str, out: Path, case: str, mode: str, accelerator) -> MultiTaskTrainer:
+    engine = {"sharding": "fsdp"} if mode == "fsdp" else {"grad_sync": mode} if mode in ("ddp", "flat") else {}
+    config = TrainConfig(output_dir=str(out / case), **engine, **{**BASE, **CASES[case]})
     defs = load_task_defs(task_file)
     defs = {n: dataclasses.replace(d, task=dataclasses.replace(d.task, dropout=0.0)) for n, d in defs.items()}
     return MultiTaskTrainer(config, defs, backbone=toy_backbone(), tokenizer=toy_tokenizer(), accelerator=accelerator)
 
 
-def run_case(task_file: str, out: Path, case: str, sharding: str, accelerator) -> MultiTaskTrainer:
-    t = trainer(task_file, out, case, sharding, accelerator)
+def run_case(task_file: str, out: Path, case: str, mode: str, accelerator) -> MultiTaskTrainer:
+    t = trainer(task_file, out, case, mode, accelerator)
     if case == "mixed_resume":
         t.total_steps = 10  # stop in the middle (the schedule is still the 20-step one)
         t.fit()
-        t = trainer(task_file, out, case, sharding, accelerator)
+        t = trainer(task_file, out, case, mode, accelerator)
         t.fit(resume=True)
     else:
         t.fit()
@@ -63,12 +67,12 @@ def run_case(task_file: str, out: Path, case: str, sharding: str, accelerator) -
     return t
 
 
-def main(task_file: str, out: str, sharding: str) -> None:
+def main(task_file: str, out: str, mode: str) -> None:
     accelerator = None
     for case in CASES:
-        t = run_case(task_file, Path(out), case, sharding, accelerator)
+        t = run_case(task_file, Path(out), case, mode, accelerator)
         accelerator = t.accelerator  # one Accelerator per process
-    print(f"num_processes={accelerator.num_processes} sharded={t.sharded}")
+    print(f"num_processes={accelerator.num_processes} sharded={t.sharded} ddp={t.ddp}")
 
 
 if __name__ == "__main__":
