@@ -1,6 +1,7 @@
 """Run by tests/test_fsdp.py and tests/test_distributed.py under ``accelerate launch`` (2 CPU
 processes, gloo) with MODE ``fsdp``, ``ddp`` or ``flat`` (how the model is sharded or its gradients
-averaged), or by the tests themselves with ``none`` (one process): train the toy problem in every
+averaged; ``+bf16`` for mixed precision, as ``benchmarks/fsdp_bf16.py`` runs it), or by the tests
+themselves with ``none`` (one process): train the toy problem in every
 case of ``CASES`` and write each case's final trainable weights (full, gathered) to
 ``out/<case>.safetensors``. The resume case stops at step 10
 and a new trainer resumes from its checkpoint. With 2 processes the main process also saves the
@@ -36,7 +37,9 @@ CASES = {
 
 
 def trainer(task_file: str, out: Path, case: str, mode: str, accelerator) -> MultiTaskTrainer:
-    engine = {"sharding": "fsdp"} if mode == "fsdp" else {"grad_sync": mode} if mode in ("ddp", "flat") else {}
+    name, _, precision = mode.partition("+")  # "fsdp+bf16": bf16 parameters in the forward, fp32 reductions
+    engine = {"sharding": "fsdp"} if name == "fsdp" else {"grad_sync": name} if name in ("ddp", "flat") else {}
+    engine |= {"mixed_precision": precision} if precision else {}
     config = TrainConfig(output_dir=str(out / case), **engine, **{**BASE, **CASES[case]})
     defs = load_task_defs(task_file)
     defs = {n: dataclasses.replace(d, task=dataclasses.replace(d.task, dropout=0.0)) for n, d in defs.items()}
