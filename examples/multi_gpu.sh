@@ -14,8 +14,9 @@
 # What to know:
 # - batch_size in the run file is the GLOBAL batch: every process builds the same batch and keeps its
 #   share of the rows, so it must be divisible by the number of processes (the demo's 32: 1, 2, 4, 8).
-#   A run on k processes then matches a one-process run; no DDP wrapper is used (see docs/training.md,
-#   "Why no DDP wrapper"): gradients of all trainable parameters are averaged in one all-reduce.
+#   A run on k processes then matches a one-process run. Gradients are averaged by Accelerate's DDP
+#   with find_unused_parameters (the default, 0.87x the s/step of the alternative), or by one flat
+#   all-reduce after the backward with `--set grad_sync=flat` (docs/training.md, "Averaging gradients").
 # - Sharding (`sharding: fsdp` in the run file, `--set sharding=fsdp`, or accelerate's FSDP config): FSDP2
 #   splits parameters, gradients and optimizer state over the processes (0.50x per process at 2, MiniLM
 #   shape, benchmarks/results/fsdp_memory.json); saves and checkpoints are those of a one-process run.
