@@ -72,6 +72,62 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def distillation(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """MT-DNN-KD side by side, per task and on average: the teachers (mean of their seeds' final
+    scores), (a), (c) and (c) + KD; None when no distilled configuration is cached."""
+    kd = next((r for r in results if r.get("teachers")), None)
+    if kd is None:
+        return None
+    key = (kd.get("tasks"), kd.get("overrides"))  # the same tasks and overrides as the distilled run
+    same = {r["config"]: r for r in results if (r.get("tasks"), r.get("overrides")) == key}
+    others = {"(a)": same.get("a_single_ft"), "(c)": same.get("c_pal")}
+    tasks = [t for t, _ in COLUMNS if t in kd["final"]]
+    rows, data = [], {}
+    for task in tasks:
+        teachers = [task_score(run["final"][task]) for run in kd["teachers"][task]]
+        row = {"teachers": teachers, "teachers_mean": sum(teachers) / len(teachers),
+               **{k: task_score(r["final"][task]) for k, r in others.items() if r and task in r["final"]},
+               "(c)+KD": task_score(kd["final"][task])}
+        data[task] = row
+    columns = ["teachers_mean", "(a)", "(c)", "(c)+KD"]
+    for task, row in data.items():
+        rows.append([task, f"{len(row['teachers'])}", *(f"{row[c]:.1f}" if c in row else "-" for c in columns),
+                     f"{row['(c)+KD'] - row['(c)']:+.1f}" if "(c)" in row else "-"])
+    means = {c: sum(row[c] for row in data.values()) / len(data) for c in columns if all(c in r for r in data.values())}
+    rows.append(["average", "", *(f"{means[c]:.1f}" if c in means else "-" for c in columns),
+                 f"{means['(c)+KD'] - means['(c)']:+.1f}" if "(c)" in means else "-"])
+    text = format_table(["task", "teachers", "teachers' mean", "(a)", "(c)", "(c) + KD", "KD - (c)"], rows)
+    return text, {"config": kd["name"], "per_task": data, "average": means}
+
+
+def loss_weights(results: list[dict[str, Any]], path: Path) -> list[str]:
+    """Plot sigma_t = exp(s_t / 2) = weight^(-1/2) over training for every configuration whose loss
+    weights moved (uncertainty weighting); the names plotted."""
+    runs = [(r["name"], r["runs"]["all"]["train_log"]) for r in results
+            if "all" in r.get("runs", {}) and any(e.get("weight") not in (None, 1.0)
+                                                  for e in r["runs"]["all"].get("train_log", []))]
+    if not runs:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)
+    for ax, (name, log) in zip(axes[0], runs, strict=True):
+        for task in dict.fromkeys(e["task"] for e in log):
+            points = [(e["step"], e["weight"] ** -0.5) for e in log if e["task"] == task and e.get("weight")]
+            ax.plot(*zip(*points, strict=True), marker=".", label=task)
+        ax.set_xlabel("step")
+        ax.set_ylabel("sigma_t = exp(s_t / 2)")
+        ax.set_title(f"{name}: learnt task uncertainties (loss x exp(-s_t) + s_t)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [name for name, _ in runs]
+
+
 def report(out_dir: Path, profile: str, metadata: dict[str, Any]) -> None:
     """Print the table of every cached configuration of ``profile``; write its JSON and PNG."""
     results = load(out_dir)
@@ -84,5 +140,10 @@ def report(out_dir: Path, profile: str, metadata: dict[str, Any]) -> None:
     summary = {**metadata, "profile": profile, "table": text.splitlines(),
                "results": {r["name"]: {k: r[k] for k in ("label", "final", "best", "parameter_multiple", "wall_s",
                                                         "budget", "overrides")} for r in results}}
+    kd = distillation(results)
+    if kd is not None:
+        print(f"\nMT-DNN-KD, profile {profile} (task scores x100, final)\n{kd[0]}")
+        summary["distillation"] = {"table": kd[0].splitlines(), **kd[1]}
+    summary["loss_weights_plot"] = loss_weights(results, out_dir.parent / f"{profile}_uncertainty.png")
     write_json(out_dir.parent / f"{profile}.json", summary)
     plot(results, out_dir.parent / f"{profile}.png", f"GLUE dev (MiniLM), profile {profile}")

@@ -39,6 +39,15 @@ def check_glue_accuracy(results: Path) -> None:
     weighted = json.loads((results / "smoke" / "c_uncertainty__tasks=rte+stsb.json").read_text())
     weights = [e["weight"] for e in weighted["runs"]["all"]["train_log"]]
     assert weights[0] == 1.0 and any(w != 1.0 for w in weights)  # exp(-s_t), s_t = 0 at the start, then learnt
+    assert summary["loss_weights_plot"] == ["c_uncertainty__tasks=rte+stsb"]
+    assert (results / "smoke_uncertainty.png").stat().st_size > 0
+    table = summary["distillation"]["per_task"]
+    for task in ("rte", "stsb"):  # the report's scores are the cached runs' own
+        assert table[task]["(c)+KD"] == pytest.approx(100 * sum(kd["final"][task].values()) / len(kd["final"][task]))
+        assert table[task]["(c)"] == pytest.approx(
+            100 * sum(summary["results"]["c_pal__tasks=rte+stsb"]["final"][task].values())
+            / len(summary["results"]["c_pal__tasks=rte+stsb"]["final"][task]))
+        assert len(table[task]["teachers"]) == len(kd["teachers"][task])
 
 
 def check_ner_qa_accuracy(results: Path) -> None:
