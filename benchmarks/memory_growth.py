@@ -9,8 +9,9 @@ Owns the growth studies of ``memory.py`` (``--only-growth``, ``--only-trainer``)
 2. Trainer growth: the real ``MultiTaskTrainer`` on ../shared/data/glue for ``--trainer-steps``
    steps, RSS sampled every second.
 
-and the harness ``memory.py``'s peak study shares: ``rss_mb`` and ``run_child``, which runs a ``child_*`` function in a fresh interpreter
-(``python <its file> --child <name> <spec>``) so each peak and trace is that run's alone.
+and the harness ``memory.py``'s peak study shares: ``rss_mb`` and ``run_child``, which runs a
+``child_*`` function in a fresh interpreter (``python <its file> --child <name> <spec>``) so each
+peak and trace is that run's alone.
 
 Run through ``python benchmarks/memory.py --only-growth`` / ``--only-trainer --trainer-steps N``;
 this file runs on its own only as such a child.

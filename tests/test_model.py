@@ -197,7 +197,8 @@ def test_routing_errors_name_the_bad_value():
 
 
 @pytest.mark.parametrize(("kind", "labels", "want"), [
-    ("classification", ("neg", "neu", "pos"), 3), ("token_classification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), 5),
+    ("classification", ("neg", "neu", "pos"), 3),
+    ("token_classification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), 5),
     ("multi_label", ("x", "y", "z", "w"), 4), ("classification", None, 2), ("regression", None, 1),
 ])
 def test_num_labels_comes_from_the_label_names_when_not_given(kind, labels, want):
