@@ -77,6 +77,7 @@ from common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a sc
 )
 
 from pal_adapters import PRESETS, AdapterConfig, inject_adapters, remove_adapters  # noqa: E402
+from pal_adapters.adapters import get_method  # noqa: E402
 
 VARIANTS: dict[str, AdapterConfig] = {
     "pal": PRESETS["pal"],
@@ -95,16 +96,9 @@ NOISY_IQR = 0.05  # a run whose pair ratios spread wider than this is flagged
 
 def predicted_ratio(config: AdapterConfig, d: int, num_layers: int, n: int) -> float:
     """GUIDE §4 FLOP model: whole-encoder cost with adapters / without, per token."""
-    s = config.resolved_hidden_size(d)
+    method = get_method(config.kind)
     base = 24 * d * d + 4 * n * d
-    if config.kind == "pal":
-        extra = 4 * d * s + 6 * s * s + 4 * n * s
-    elif config.kind == "low_rank":
-        extra = 4 * d * s
-    elif config.kind == "pal_ffn":
-        extra = 4 * d * s + 2 * config.ffn_layers * s * s
-    else:  # LHUC: one multiply per element, negligible
-        extra = 0
+    extra = method.flops(d, config.resolved_hidden_size(d), n, config) if method.flops else 0  # LHUC: ~0
     adapted = len(config.resolved_layers(num_layers))
     return (num_layers * base + adapted * extra) / (num_layers * base)
 

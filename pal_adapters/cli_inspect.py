@@ -13,6 +13,7 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from .adapters.methods import ADAPTER_METHODS
 from .config import AdapterConfig
 from .io import AdapterLoadError, file_sha256, read_json
 from .saving import BACKBONE_FILE, CONFIG_FILE, TASK_FILE, TASK_TENSORS, verify_saved
@@ -112,7 +113,8 @@ def _layers(layers: list[int]) -> str:
 
 def _task_row(t: dict[str, Any]) -> list[str]:
     a = t["adapter"]
-    method = a["method"] + ("+lhuc" if a["lhuc"] and a["method"] != "lhuc" else "")
+    own = ADAPTER_METHODS.get(a["method"])  # a method this process has not registered: shown as saved
+    method = a["method"] + ("+lhuc" if a["lhuc"] and (own is None or own.has_ts) else "")  # LHUC added
     kind = TASK_KINDS.get(t["type"])  # "-" where labels are no classes (regression, ranking, QA)
     labels = ",".join(map(str, t["labels"])) if t["labels"] else ("-" if kind and not kind.uses_label_names
                                                                    else str(t["num_labels"]))

@@ -150,3 +150,15 @@ def test_a_toy_scale_and_shift_method_trains_only_its_own_parameters_and_round_t
     assert info["tasks"][0]["adapter"] == {"method": "scale_shift", "lhuc": False, "placement": placement,
                                            "layers": [0, 1], "d_s": None}
     assert re.search(rf"^a +classification +2 +scale_shift +{placement} +0-1 +- ", render_inspection(info), re.M)
+
+
+def test_every_builtin_method_with_ts_states_its_cost_and_pal_matches_guide_section_4():
+    """GUIDE §4: a PAL adds ≈ 6.7% of a BERT-base layer's FLOPs at d_m 768, d_s 204, n 128."""
+    builtin = ("pal", "low_rank", "pal_ffn", "top_layer", "top_attention")
+    assert all(ADAPTER_METHODS[m].flops is not None for m in builtin)
+    assert get_method("lhuc").flops is None  # one multiply per element: negligible
+    config = AdapterConfig(kind="pal")
+    layer = 24 * 768**2 + 4 * 128 * 768
+    assert get_method("pal").flops(768, 204, 128, config) / layer == pytest.approx(0.067, abs=5e-4)
+    # a layer on top with BERT's own sizes costs what a BERT layer costs
+    assert get_method("top_layer").flops(768, 3072, 128, AdapterConfig(kind="top_layer")) == layer

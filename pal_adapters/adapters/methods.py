@@ -2,8 +2,8 @@
 
 A method says everything the rest of the library needs to know about it: which module computes
 its task-specific function TS(h) (none for LHUC alone), how d_s follows from d_m, whether V^E/V^D
-are shared across layers, whether it folds into the backbone (merging), its own config checks and
-what ``inspect`` shows. Nothing else compares ``kind`` to a string.
+are shared across layers, whether it folds into the backbone (merging), its own config checks,
+what ``inspect`` shows and what it costs (GUIDE §4's FLOP model). Nothing else compares ``kind`` to a string.
 
 Adding a method = one module with its TS module (``forward(h, depth, keep)``: ``(B, T, d_m) ->
 (B, T, d_m)``, identity at initialisation) + ``register_method(AdapterMethod(...))`` + its tests.
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..config import AdapterConfig
 
 Build = Callable[[int, tuple[int, ...], "AdapterConfig"], nn.Module]
+Flops = Callable[[int, int, int, "AdapterConfig"], float]  # (d_m, d_s, n, config) -> FLOPs per token at one site
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class AdapterMethod:
         on_top: TS maps the encoder's output once, ``h_f = TS(h_L)`` (``placement="top"``, set for
             it by ``AdapterConfig``), instead of acting inside layers; its ``forward`` returns h_f
             itself, not a delta, and is called with ``depth`` = the last layer.
+        flops: GUIDE §4's cost model, the FLOPs per token TS adds at one adapted site, from
+            ``(d_m, d_s, n, config)`` (n: sequence length; a BERT layer costs 24·d_m² + 4·n·d_m);
+            ``None``: negligible (LHUC's one multiply per element).
     """
 
     name: str
@@ -56,6 +60,7 @@ class AdapterMethod:
     shown: tuple[str, ...] = ()
     check: Callable[[AdapterConfig], None] | None = None
     on_top: bool = False
+    flops: Flops | None = None
 
     @property
     def has_ts(self) -> bool:
@@ -139,6 +144,13 @@ def _top_attention(d_model: int, depths: tuple[int, ...], config: AdapterConfig)
     return TopAttention(d_model, depths, config)
 
 
+def _top_attention_flops(d_model: int, d_small: int, n: int, config: AdapterConfig) -> float:
+    """V^E/V^D, then ``TOP_ATTENTION_LAYERS`` attention layers in d_s with an output projection."""
+    from .top import TOP_ATTENTION_LAYERS
+
+    return 4 * d_model * d_small + TOP_ATTENTION_LAYERS * (8 * d_small * d_small + 4 * n * d_small)
+
+
 def _check_top(config: AdapterConfig) -> None:
     """A function on top has one site (the encoder output): no depths to choose, no LHUC to add."""
     if config.layers != "all":
@@ -150,13 +162,18 @@ def _check_top(config: AdapterConfig) -> None:
 
 
 for _method in (
-    AdapterMethod("pal", _pal, heads_split_size=True, shares_projections=True, shown=("num_heads",)),
-    AdapterMethod("low_rank", _low_rank, size_ratio=100 / 768),
-    AdapterMethod("pal_ffn", _pal_ffn, shares_projections=True, shown=("ffn_layers",)),
+    # V^E, V^D: 2·d_m·d_s multiply-adds each; Q/K/V in d_s: 6·d_s²; scores and mixing: 4·n·d_s
+    AdapterMethod("pal", _pal, heads_split_size=True, shares_projections=True, shown=("num_heads",),
+                  flops=lambda d, s, n, c: 4 * d * s + 6 * s * s + 4 * n * s),
+    AdapterMethod("low_rank", _low_rank, size_ratio=100 / 768, flops=lambda d, s, n, c: 4 * d * s),
+    AdapterMethod("pal_ffn", _pal_ffn, shares_projections=True, shown=("ffn_layers",),
+                  flops=lambda d, s, n, c: 4 * d * s + 2 * c.ffn_layers * s * s),
     AdapterMethod("lhuc", None, mergeable=True),
-    # d_s of a layer on top is its feed-forward width, 4·d_m as in BERT (3072 at 768).
-    AdapterMethod("top_layer", _top_layer, size_ratio=4.0, shown=("num_heads",), check=_check_top, on_top=True),
+    # d_s of a layer on top is its feed-forward width, 4·d_m as in BERT (3072 at 768): Q/K/V/O
+    # 8·d_m², the feed-forward 4·d_m·d_s, attention 4·n·d_m.
+    AdapterMethod("top_layer", _top_layer, size_ratio=4.0, shown=("num_heads",), check=_check_top, on_top=True,
+                  flops=lambda d, s, n, c: 8 * d * d + 4 * d * s + 4 * n * d),
     AdapterMethod("top_attention", _top_attention, heads_split_size=True, shown=("num_heads",), check=_check_top,
-                  on_top=True),
+                  on_top=True, flops=_top_attention_flops),
 ):
     register_method(_method)
