@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from .validation import FieldTypeError, check_fields, check_type
+from .validation import check_choice, check_fields, from_fields
 
 Kind = str  # a key of pal_adapters.adapters.methods.ADAPTER_METHODS (pal, low_rank, pal_ffn, lhuc, ...)
 Placement = Literal["parallel", "serial", "top"]
@@ -22,48 +20,6 @@ LayerSpec = Literal["all", "top_half", "bottom_half"]
 Activation = Literal["gelu", "relu", "tanh", "identity"]
 TaskType = str  # a key of pal_adapters.tasks.TASK_KINDS (the registry of task kinds)
 Pooling = Literal["cls", "pooler", "mean"]
-
-
-def from_fields(cls: type, d: Mapping[str, Any], what: str, complete: bool = False) -> Any:
-    """Build dataclass ``cls`` from ``d``, checking each value's type against the field's annotation.
-
-    Unknown keys are an error that lists the valid ones; with ``complete`` (a saved file) so are
-    missing ones, so a field is never silently given today's default. A mapping for a field typed
-    as a dataclass (``TaskConfig.adapter``) is built the same way. Raises ``ValueError`` (the type
-    errors are ``validation.FieldTypeError``, a ``ValueError`` too).
-    """
-    known = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(d, Mapping):
-        raise FieldTypeError(f"{what} must be a mapping of fields {known}, not {type(d).__name__} {d!r}")
-    unknown = sorted(set(d) - set(known), key=str)
-    if unknown:
-        raise ValueError(f"unknown {what} fields {unknown}; valid fields: {sorted(known)}")
-    missing = [k for k in known if k not in d] if complete else []
-    if missing:
-        raise ValueError(f"{what} lacks fields {missing}: a saved config lists every field {known}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in d.items():
-        nested = _dataclass_arm(hints[name])
-        if nested is not None and isinstance(value, Mapping):
-            value = from_fields(nested, value, f"{what} field {name}", complete)
-        elif nested is None or complete or not isinstance(value, str):  # a string: a preset, for __post_init__
-            check_type(name, value, hints[name], what)
-        values[name] = value
-    return cls(**values)
-
-
-def _dataclass_arm(hint: Any) -> type | None:
-    """The dataclass in an annotation like ``AdapterConfig | None``, if there is one."""
-    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    return next((a for a in arms if dataclasses.is_dataclass(a)), None)
-
-
-def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    """Raise ``ValueError`` naming ``value`` and the valid ``choices`` when it is not one of them."""
-    if value not in choices:
-        valid = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {valid}")
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import AdapterConfig, TaskConfig, from_fields
+from .config import AdapterConfig, TaskConfig
 from .io import AdapterLoadError, file_sha256, read_json
+from .validation import from_fields
 
 CONFIG_FILE, BACKBONE_FILE = "pal_config.json", "backbone.safetensors"
 TASK_FILE, TASK_TENSORS = "task.json", "adapter.safetensors"

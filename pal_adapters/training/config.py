@@ -14,8 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import from_fields
-from ..validation import check_fields
+from ..validation import check_fields, from_fields
 from .sampling import Strategy
 
 Optimizer = Literal["adamw", "adamax"]

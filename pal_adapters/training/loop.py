@@ -28,10 +28,10 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..atomic import recover_directory, remove_stale_files
-from ..config import from_fields
 from ..model import MultiTaskModel, add_pal
 from ..saving import save_pretrained
 from ..tasks.base import TaskKind
+from ..validation import from_fields
 from .batcher import Batcher, Schedule
 from .checkpoint import CheckpointError, load_checkpoint, recover_checkpoint, rng_state, save_checkpoint
 from .config import TrainConfig

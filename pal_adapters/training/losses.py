@@ -21,7 +21,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from pal_adapters.config import check_choice
+from pal_adapters.validation import check_choice
 
 WeightingMode = Literal["sum", "fixed", "uncertainty"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..config import check_choice
 from ..tasks.metrics import METRICS, Metric, accuracy, f1, matthews_corrcoef, pearson, spearman
 from ..tasks.metrics import to_numpy as _to_numpy
+from ..validation import check_choice
 
 __all__ = ["GLUE_TASK_METRICS", "METRICS", "Metric", "accuracy", "compute_metrics", "f1", "matthews_corrcoef",
            "metrics_for_task", "pearson", "spearman"]

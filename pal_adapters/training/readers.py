@@ -20,10 +20,11 @@ from typing import Any, Literal
 import datasets
 import pyarrow as pa
 
-from ..config import TaskConfig, check_choice
+from ..config import TaskConfig
 from ..tasks import kind_of
 from ..tasks.classification import class_id_converter
 from ..tasks.regression import to_float
+from ..validation import check_choice
 from .conll import convert_tags, map_token_columns, read_conll_dataset
 from .sources import GLUE_LAYOUTS
 from .squad import QA_COLUMNS, qa_columns, read_squad_split

@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from pal_adapters.config import check_choice
+from pal_adapters.validation import check_choice
 
 Strategy = Literal["round_robin", "proportional", "sqrt", "annealed", "mtdnn"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from ..config import check_choice
+from ..validation import check_choice
 
 SourceKind = Literal["glue_tsv", "csv", "tsv", "jsonl", "hub", "squad_json", "conll"]
 FILE_KINDS = ("glue_tsv", "csv", "tsv", "jsonl", "squad_json", "conll")  # the kinds read from local files
