@@ -17,6 +17,7 @@ from helpers import write_toy_tasks
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_run.py"
+sys.path.insert(0, str(SCRIPT.parent))  # train_cases.py, distributed_run.py
 
 
 def free_port() -> int:
@@ -55,7 +56,6 @@ def test_two_processes_match_one_process_and_each_other(tmp_path, mode):
     rank0 = load_file(str(tmp_path / "two" / "rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "two" / "rank1.safetensors"))
 
-    sys.path.insert(0, str(SCRIPT.parent))
     from distributed_run import run
 
     (tmp_path / "one").mkdir()
@@ -73,14 +73,20 @@ def test_both_gradient_averagings_train_like_one_process(tmp_path, grad_sync):
     grad_accum 2 (tasks differ between the micro-batches) and uncertainty weighting; mixed batches
     of 4 rows over 3 tasks with a frozen backbone (a process misses tasks: stand-in rows); a resume
     at step 10. Under a hard timeout: a reducer waiting for a process that never comes fails it."""
-    sys.path.insert(0, str(SCRIPT.parent))
+    train_cases_on_two_and_one(tmp_path, grad_sync, f"sharded=False ddp={grad_sync == 'ddp'}")
+
+
+def train_cases_on_two_and_one(tmp_path: Path, mode: str, engine: str) -> None:
+    """Every case of ``tests/scripts/train_cases.py`` on 2 processes in ``mode`` (which must report
+    ``engine``, e.g. ``sharded=True ddp=False``) and on one plain process: the same trainable
+    weights to 1e-5 after 20 steps. Outputs in ``tmp_path/two`` and ``tmp_path/one``."""
     from train_cases import CASES, main
 
     task_file = tmp_path / "tasks.json"
     task_file.write_text(json.dumps(write_toy_tasks(tmp_path / "data")))
-    done = launch_two(SCRIPT.parent / "train_cases.py", str(task_file), str(tmp_path / "two"), grad_sync)
+    done = launch_two(SCRIPT.parent / "train_cases.py", str(task_file), str(tmp_path / "two"), mode)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count(f"num_processes=2 sharded=False ddp={grad_sync == 'ddp'}") == 2, done.stdout[-2000:]
+    assert done.stdout.count(f"num_processes=2 {engine}") == 2, done.stdout[-2000:]
     (tmp_path / "one").mkdir()
     main(str(task_file), str(tmp_path / "one"), "none")
     for case in CASES:

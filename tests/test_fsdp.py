@@ -3,16 +3,14 @@ never waits on a task one process lacks, and saves what an unsharded model saves
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
-from helpers import toy_tokenizer, write_toy_tasks
-from safetensors.torch import load_file
-from test_distributed import launch_two
+from helpers import toy_tokenizer
+from test_distributed import train_cases_on_two_and_one
 
 from pal_adapters.training.batcher import Batcher
 from pal_adapters.training.config import TrainConfig
@@ -22,7 +20,7 @@ from pal_adapters.training.streams import TaskStream
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_cases.py"
 sys.path.insert(0, str(SCRIPT.parent))
-from train_cases import CASES, main  # noqa: E402
+from train_cases import CASES  # noqa: E402
 
 
 def test_sharding_field_names_its_choices():
@@ -61,19 +59,8 @@ def test_two_sharded_processes_train_and_save_like_one(tmp_path):
     outside FSDP, averaged by the flat all-reduce); mixed batches of 4 rows over 3 tasks
     with a frozen backbone (processes miss tasks); mixed, stopped at step 10 and resumed. Under a
     hard timeout: a collective that waits for a process that never comes fails the test."""
-    task_file = tmp_path / "tasks.json"
-    task_file.write_text(json.dumps(write_toy_tasks(tmp_path / "data")))
-    done = launch_two(SCRIPT, str(task_file), str(tmp_path / "two"), "fsdp")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("num_processes=2 sharded=True ddp=False") == 2, done.stdout[-2000:]
-    (tmp_path / "one").mkdir()
-    main(str(task_file), str(tmp_path / "one"), "none")
+    train_cases_on_two_and_one(tmp_path, "fsdp", "sharded=True ddp=False")
     for case in CASES:
-        two, one = (load_file(str(tmp_path / d / f"{case}.safetensors")) for d in ("two", "one"))
-        assert two.keys() == one.keys(), case
-        for name in two:
-            torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5,
-                                       msg=lambda m, n=f"{case} {name}": f"{n}: {m}")
         for saved in ("saved", "task"):  # the sharded model's save == the same weights' unsharded save
             a, b = tmp_path / "two" / f"{case}-{saved}", tmp_path / "two" / f"{case}-{saved}-resaved"
             files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
