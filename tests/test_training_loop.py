@@ -71,6 +71,24 @@ def test_uncertainty_log_variances_learn_and_skip_weight_decay(task_defs, tmp_pa
     assert all(float(p.detach().abs()) > 0 for p in log_vars)
 
 
+@pytest.mark.parametrize("head_lr", [None, 7e-4])
+def test_each_part_trains_at_its_own_learning_rate(task_defs, tmp_path, head_lr):
+    t = trainer(task_defs, tmp_path, lr=1e-5, adapter_lr=2e-3, head_lr=head_lr, loss_weighting="uncertainty")
+    # Peak rates: the warm-up schedule starts every group at 0 and keeps the peak as initial_lr.
+    rate = {id(p): g["initial_lr"] for g in t.optimizer.param_groups for p in g["params"]}
+    named = [(n, p) for n, p in t.model.named_parameters() if p.requires_grad]
+    heads = [p for n, p in named if n.startswith("heads.")]
+    adapters = [p for n, p in named if ".pal" in n or "adapters" in n]
+    backbone = [p for n, p in named if n.startswith("backbone.") and not (".pal" in n or "adapters" in n)]
+    assert heads and adapters and backbone
+    assert {rate[id(p)] for p in backbone} == {1e-5}
+    assert {rate[id(p)] for p in adapters} == {2e-3}
+    assert {rate[id(p)] for p in t.weighting.parameters()} == {2e-3}
+    assert {rate[id(p)] for p in heads} == {2e-3 if head_lr is None else head_lr}
+    # Unset, the heads share the adapters' groups: the layout of checkpoints written before head_lr.
+    assert len(t.optimizer.param_groups) == (4 if head_lr is None else 6)
+
+
 def final_weights(run_dir) -> dict[str, torch.Tensor]:
     tensors = {}
     for path in sorted((run_dir / "last").rglob("*.safetensors")):

@@ -39,8 +39,9 @@ class TrainConfig:
             task's batches once, summed) sets an epoch's length; ``max_steps`` stops earlier.
         batch_size: the global batch (split across processes); ``grad_accum`` micro-batches
             per optimizer step, each drawn for its own sampled task.
-        lr / adapter_lr: learning rates of the backbone and of adapters, heads and loss weights
-            (``adapter_lr=None``: same as ``lr``); linear warm-up over ``warmup_ratio`` of the
+        lr / adapter_lr / head_lr: learning rates of the backbone, of adapters and loss weights
+            (``adapter_lr=None``: same as ``lr``) and of the task heads (``head_lr=None``: same as
+            the adapters'; ``learning_rate(part)``); linear warm-up over ``warmup_ratio`` of the
             steps, then linear decay; AdamW (or MT-DNN's Adamax); ``max_grad_norm`` clipping.
         sampling: ``round_robin``, ``proportional``, ``sqrt``, ``annealed`` or ``mtdnn``.
         mixed_batches: draw a task per example (by the sampling probabilities) instead of one
@@ -81,6 +82,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 2e-5
     adapter_lr: float | None = None
+    head_lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     optimizer: Optimizer = "adamw"
@@ -115,14 +117,24 @@ class TrainConfig:
                                  + (" or null" if name in ("steps_per_epoch", "max_steps") else ""))
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        if self.lr <= 0 or (self.adapter_lr is not None and self.adapter_lr <= 0):
-            raise ValueError(f"lr={self.lr}, adapter_lr={self.adapter_lr} must be > 0")
+        for name in ("lr", "adapter_lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"training field {name}={value!r} must be > 0"
+                                 + ("" if name == "lr" else " or null"))
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError(f"weight_decay={self.weight_decay}, max_grad_norm={self.max_grad_norm} must be >= 0")
 
-    @property
-    def head_lr(self) -> float:
-        return self.adapter_lr if self.adapter_lr is not None else self.lr
+    def learning_rate(self, part: Literal["backbone", "adapter", "head"]) -> float:
+        """The peak learning rate of a part of the model: ``adapter`` covers the loss weights too."""
+        if part == "backbone":
+            return self.lr
+        adapter = self.adapter_lr if self.adapter_lr is not None else self.lr
+        if part == "adapter":
+            return adapter
+        if part == "head":
+            return self.head_lr if self.head_lr is not None else adapter
+        raise ValueError(f"part={part!r} must be one of 'backbone', 'adapter', 'head'")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -81,19 +81,26 @@ def _no_decay(name: str) -> bool:
 
 
 def build_optimizer(model: nn.Module, extra: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW/Adamax; backbone at ``lr``, adapters/heads/loss weights at ``adapter_lr``; no decay on
-    biases, norms and the uncertainty log-variances."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    """AdamW/Adamax; backbone at ``lr``, adapters and loss weights at ``adapter_lr``, heads at
+    ``head_lr``; no decay on biases, norms and the uncertainty log-variances.
+
+    Heads share the adapters' groups unless ``head_lr`` is set, so a run without it has the same
+    groups, in the same order, as before the field existed (and resumes from such checkpoints)."""
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    parts = ("backbone", "adapter", "head")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     named += [(f"loss_weighting.{n}", p) for n, p in extra.named_parameters()]
     for name, p in named:
-        own = is_adapter_parameter(name) or name.startswith(("heads.", "loss_weighting."))
+        if name.startswith("heads."):
+            part = 2 if config.head_lr is not None else 1
+        else:
+            part = 1 if is_adapter_parameter(name) or name.startswith("loss_weighting.") else 0
         decay = not (_no_decay(name) or name.startswith("loss_weighting."))
-        groups.setdefault((own, decay), []).append(p)
+        groups.setdefault((part, decay), []).append(p)
     param_groups = [
-        {"params": ps, "lr": config.head_lr if own else config.lr,
+        {"params": ps, "lr": config.learning_rate(parts[part]),
          "weight_decay": config.weight_decay if decay else 0.0}
-        for (own, decay), ps in sorted(groups.items())
+        for (part, decay), ps in sorted(groups.items())
     ]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adamax
     return cls(param_groups)
