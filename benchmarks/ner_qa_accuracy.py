@@ -67,6 +67,7 @@ class Profile:
     max_length: int = 128
     seed: int = 42
     model: str = "minilm"  # "tiny": a random 2-layer BERT on MiniLM's vocabulary (smoke test)
+    evals: int = 4  # evaluations over the run, evenly spaced (the last at the last step): the curve
 
 
 PROFILES = {
@@ -168,12 +169,14 @@ _GLUE_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE"}
 
 # ---- training --------------------------------------------------------------------------------------
 def train(defs: dict[str, dict[str, Any]], profile: Profile, out: Path, adapters: bool) -> dict[str, Any]:
-    """Train ``defs`` for ``profile.steps`` steps per task (round robin); the last evaluation's metrics."""
+    """Train ``defs`` for ``profile.steps`` steps per task (round robin); the last evaluation's metrics
+    and every evaluation's (``curve``)."""
     tasks = load_task_defs({"max_length": profile.max_length, "tasks": defs})
     steps = profile.steps * len(tasks)
     config = TrainConfig(model="minilm", adapter="pal", freeze_backbone=False, output_dir=str(out), epochs=1,
                          max_steps=steps, batch_size=profile.batch_size, lr=profile.lr,
-                         adapter_lr=profile.adapter_lr, sampling="round_robin", eval_every=steps,
+                         adapter_lr=profile.adapter_lr, sampling="round_robin",
+                         eval_every=max(1, -(-steps // profile.evals)),
                          log_every=max(1, steps // 10), max_train_examples=profile.max_train_examples,
                          max_eval_examples=profile.max_eval_examples, seed=profile.seed)
     backbone, tokenizer = _backbone(profile)
@@ -185,7 +188,8 @@ def train(defs: dict[str, dict[str, Any]], profile: Profile, out: Path, adapters
     wall = time.perf_counter() - start
     evals = [e for e in read_jsonl(out / "log.jsonl") if e.get("kind") == "eval"]
     report = trainer.model.parameter_report()
-    return {"metrics": evals[-1]["metrics"], "steps": steps, "wall_s": round(wall, 1),
+    curve = [{"step": e["step"], "metrics": e["metrics"]} for e in evals]
+    return {"metrics": evals[-1]["metrics"], "curve": curve, "steps": steps, "wall_s": round(wall, 1),
             "trainable_params": sum(p.numel() for p in trainer.trainable),
             "backbone_params": report.backbone, "tasks": list(tasks)}
 
