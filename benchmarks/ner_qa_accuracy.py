@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -176,7 +177,7 @@ def train(defs: dict[str, dict[str, Any]], profile: Profile, out: Path, adapters
     config = TrainConfig(model="minilm", adapter="pal", freeze_backbone=False, output_dir=str(out), epochs=1,
                          max_steps=steps, batch_size=profile.batch_size, lr=profile.lr,
                          adapter_lr=profile.adapter_lr, sampling="round_robin",
-                         eval_every=max(1, -(-steps // profile.evals)),
+                         eval_every=max(1, math.ceil(steps / profile.evals)),
                          log_every=max(1, steps // 10), max_train_examples=profile.max_train_examples,
                          max_eval_examples=profile.max_eval_examples, seed=profile.seed)
     backbone, tokenizer = _backbone(profile)

@@ -161,13 +161,14 @@ class AdapterConfig:
 # steps (0.43 vs 0.67, benchmarks/README.md), so the default PAL leaves it out.
 # The PAL presets draw V^E and the attention's Q/K/V with std 0.05 instead of BERT's 0.02: at the
 # full GLUE budget on MiniLM, frozen PALs 64.6 vs 63.4, tuned (c) 68.4 vs 68.2 (benchmarks/README.md).
-# "pal_reference" keeps the reference code's 0.02.
+# "pal_reference" keeps the reference code's 0.02. The other PAL presets are variations of "pal".
 PAL_INIT_STD = 0.05
+_PAL = AdapterConfig(kind="pal", init_std=PAL_INIT_STD)
 PRESETS: dict[str, AdapterConfig] = {
-    "pal": AdapterConfig(kind="pal", init_std=PAL_INIT_STD),
+    "pal": _PAL,
     "pal_reference": AdapterConfig(kind="pal", output_activation="gelu"),
-    "pal_top_half": AdapterConfig(kind="pal", layers="top_half", init_std=PAL_INIT_STD),
-    "pal_lhuc": AdapterConfig(kind="pal", lhuc=True, init_std=PAL_INIT_STD),
+    "pal_top_half": _PAL.replace(layers="top_half"),
+    "pal_lhuc": _PAL.replace(lhuc=True),
     "pal_ffn": AdapterConfig(kind="pal_ffn"),
     "low_rank": AdapterConfig(kind="low_rank", activation="gelu"),
     "low_rank_lhuc": AdapterConfig(kind="low_rank", activation="gelu", lhuc=True),

@@ -73,7 +73,8 @@ def test_uncertainty_log_variances_learn_and_skip_weight_decay(task_defs, tmp_pa
 
 @pytest.mark.parametrize("head_lr", [None, 7e-4])
 def test_each_part_trains_at_its_own_learning_rate(task_defs, tmp_path, head_lr):
-    t = trainer(task_defs, tmp_path, lr=1e-5, adapter_lr=2e-3, head_lr=head_lr, loss_weighting="uncertainty")
+    t = trainer(task_defs, tmp_path, lr=1e-5, adapter_lr=2e-3, head_lr=head_lr, loss_weighting="uncertainty",
+                weight_decay=0.01)
     # Peak rates: the warm-up schedule starts every group at 0 and keeps the peak as initial_lr.
     rate = {id(p): g["initial_lr"] for g in t.optimizer.param_groups for p in g["params"]}
     named = [(n, p) for n, p in t.model.named_parameters() if p.requires_grad]
@@ -85,8 +86,11 @@ def test_each_part_trains_at_its_own_learning_rate(task_defs, tmp_path, head_lr)
     assert {rate[id(p)] for p in adapters} == {2e-3}
     assert {rate[id(p)] for p in t.weighting.parameters()} == {2e-3}
     assert {rate[id(p)] for p in heads} == {2e-3 if head_lr is None else head_lr}
-    # Unset, the heads share the adapters' groups: the layout of checkpoints written before head_lr.
-    assert len(t.optimizer.param_groups) == (4 if head_lr is None else 6)
+    # Groups in part order, no-decay first; unset, the heads share the adapters' groups: the layout
+    # of checkpoints written before head_lr, which resume only if it is unchanged.
+    expected = [1e-5, 1e-5, 2e-3, 2e-3] + ([] if head_lr is None else [head_lr, head_lr])
+    assert [g["initial_lr"] for g in t.optimizer.param_groups] == expected
+    assert [g["weight_decay"] for g in t.optimizer.param_groups] == [0.0, 0.01] * (len(expected) // 2)
 
 
 def final_weights(run_dir) -> dict[str, torch.Tensor]:

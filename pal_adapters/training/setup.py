@@ -80,27 +80,29 @@ def _no_decay(name: str) -> bool:
     return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or ".norm" in name
 
 
+_PARTS = ("backbone", "adapter", "head")  # the order of the optimizer's groups
+
+
+def _part(name: str, config: TrainConfig) -> str:
+    """Which learning rate a trainable parameter gets (``TrainConfig.learning_rate``): heads join the
+    adapters unless ``head_lr`` is set, so a run without it keeps the groups of earlier checkpoints."""
+    if name.startswith("heads."):
+        return "head" if config.head_lr is not None else "adapter"
+    return "adapter" if is_adapter_parameter(name) or name.startswith("loss_weighting.") else "backbone"
+
+
 def build_optimizer(model: nn.Module, extra: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW/Adamax; backbone at ``lr``, adapters and loss weights at ``adapter_lr``, heads at
-    ``head_lr``; no decay on biases, norms and the uncertainty log-variances.
-
-    Heads share the adapters' groups unless ``head_lr`` is set, so a run without it has the same
-    groups, in the same order, as before the field existed (and resumes from such checkpoints)."""
-    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
-    parts = ("backbone", "adapter", "head")
+    ``head_lr``; no decay on biases, norms and the uncertainty log-variances."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     named += [(f"loss_weighting.{n}", p) for n, p in extra.named_parameters()]
     for name, p in named:
-        if name.startswith("heads."):
-            part = 2 if config.head_lr is not None else 1
-        else:
-            part = 1 if is_adapter_parameter(name) or name.startswith("loss_weighting.") else 0
         decay = not (_no_decay(name) or name.startswith("loss_weighting."))
-        groups.setdefault((part, decay), []).append(p)
+        groups.setdefault((_part(name, config), decay), []).append(p)
     param_groups = [
-        {"params": ps, "lr": config.learning_rate(parts[part]),
-         "weight_decay": config.weight_decay if decay else 0.0}
-        for (part, decay), ps in sorted(groups.items())
+        {"params": ps, "lr": config.learning_rate(part), "weight_decay": config.weight_decay if decay else 0.0}
+        for (part, decay), ps in sorted(groups.items(), key=lambda item: (_PARTS.index(item[0][0]), item[0][1]))
     ]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adamax
     return cls(param_groups)
