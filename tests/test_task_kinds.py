@@ -13,7 +13,7 @@ from helpers import tiny_batch, tiny_model
 
 from pal_adapters import TaskConfig, add_pal
 from pal_adapters.tasks import TASK_KINDS, TaskKind, get_kind, kind_of, register_kind
-from pal_adapters.tasks.base import zero_loss
+from pal_adapters.tasks.labels import zero_loss
 from pal_adapters.training.evaluate import evaluate
 from pal_adapters.training.taskdefs import load_task_defs
 

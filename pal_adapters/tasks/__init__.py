@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import IGNORE_INDEX, TaskKind
+from .base import TaskKind
 from .classification import ClassificationKind
 from .extractive_qa import ExtractiveQAKind
+from .labels import IGNORE_INDEX
 from .multi_label import MultiLabelKind
 from .ranking import RankingKind
 from .regression import RegressionKind

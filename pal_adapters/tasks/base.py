@@ -40,7 +40,7 @@ Shapes (n rows of the task in a batch, T tokens, d hidden, C = ``out_features``)
 Conventions every kind keeps:
 
 - Labels equal to ``IGNORE_INDEX`` (-100) are skipped by the loss. A batch whose labels are ALL
-  skipped has no signal: ``loss`` returns ``zero_loss(logits)``, an exact 0 that is connected to
+  skipped has no signal: ``loss`` returns ``labels.zero_loss(logits)``, an exact 0 that is connected to
   the graph (``backward`` works, every gradient is 0), never NaN.
 - ``loss`` raises ``TypeError``/``ValueError`` naming the bad value and what was expected (labels
   that are not a tensor, of the wrong shape, float class ids, ...); it never silently broadcasts,
@@ -65,18 +65,16 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from .metrics import Metric
 from .rows import describe_forms, form_of, row_problem
 
 if TYPE_CHECKING:  # config.py imports the registry lazily; importing it here would be circular
     from ..config import TaskConfig
 
 Columns = dict[str, list[Any]]
-Metric = Callable[[Any, Any], float]
-IGNORE_INDEX = -100
 
 
 class TaskKind:
@@ -272,39 +270,6 @@ class TaskKind:
         """The student's scalar loss against the mean of its teachers' ``teacher_targets``."""
         self.check_distillable()
         raise NotImplementedError
-
-
-# ---- helpers shared by kinds ---------------------------------------------------------------------
-def zero_loss(logits: Tensor) -> Tensor:
-    """An exact 0 connected to ``logits``' graph: backward works and adds a zero gradient."""
-    return logits.float().sum() * 0.0 + 0.0  # "+ 0.0" turns a -0.0 into 0.0
-
-
-def require_tensor(labels: Any, kind: str) -> Tensor:
-    """``labels`` if it is a tensor, else a ``TypeError`` naming its type."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{kind} labels must be a torch.Tensor, got {type(labels).__name__} "
-                        f"(wrap them with torch.tensor(...))")
-    return labels
-
-
-def require_shape(labels: Tensor, shape: tuple[int, ...], kind: str, what: str) -> None:
-    if tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"{kind} labels have shape {tuple(labels.shape)}; expected {tuple(shape)} ({what})")
-
-
-def require_integer(labels: Tensor, kind: str) -> None:
-    """Class ids must be an integer tensor: float ids would be silently truncated."""
-    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-        raise TypeError(f"{kind} labels have dtype {labels.dtype}; expected integer class ids "
-                        f"(torch.long), not {labels.dtype} (a float id would be truncated)")
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu()
-        x = (x.float() if x.is_floating_point() else x).numpy()
-    return np.asarray(x)
 
 
 def distillable_names() -> list[str]:

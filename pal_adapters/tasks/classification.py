@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import metrics as m
-from .base import IGNORE_INDEX, TaskKind, require_integer, require_shape, require_tensor, zero_loss
+from .base import TaskKind
+from .labels import IGNORE_INDEX, require_integer, require_shape, require_tensor, zero_loss
 
 
 class ClassificationKind(TaskKind):

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import TaskKind, require_integer, require_shape, require_tensor
+from .base import TaskKind
+from .labels import require_integer, require_shape, require_tensor
 from .qa_windows import Span, best_spans, make_windows
 from .squad_metric import squad_scores
 

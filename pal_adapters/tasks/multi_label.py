@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import metrics as m
-from .base import TaskKind, require_shape, require_tensor
+from .base import TaskKind
 from .classification import class_id_converter
+from .labels import require_shape, require_tensor
 
 
 class MultiLabelKind(TaskKind):

@@ -18,7 +18,9 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import TaskKind, require_shape, require_tensor, to_numpy
+from .base import TaskKind
+from .labels import require_shape, require_tensor
+from .metrics import to_numpy
 
 
 def precision_at_1(scores: Any, positive: Any) -> float:

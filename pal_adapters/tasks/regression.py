@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import metrics as m
-from .base import TaskKind, require_tensor
+from .base import TaskKind
+from .labels import require_tensor
 
 
 class RegressionKind(TaskKind):

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import IGNORE_INDEX, Columns, TaskKind, require_integer, require_shape, require_tensor, zero_loss
+from .base import Columns, TaskKind
 from .classification import class_id_converter
+from .labels import IGNORE_INDEX, require_integer, require_shape, require_tensor, zero_loss
 
 Tags = list[list[str]]
 
