@@ -18,7 +18,8 @@ target: the multi-task model within 1 F1 point of each single-task model.
     python benchmarks/ner_qa_accuracy.py --quick --parts ner_single multi
     python benchmarks/ner_qa_accuracy.py --smoke          # tiny random model, synthetic data (tests)
 
-Writes benchmarks/results/ner_qa_accuracy[_quick].json (command, machine, date, versions, figures).
+Writes benchmarks/results/ner_qa_accuracy[_quick].json (command, machine, date, versions, figures);
+parts run as separate processes (``--parts ... --output``) are compared by ``ner_qa_report.py``.
 The parts are one function per task (``ner_*`` for NER, ``qa_*`` for QA) and a common ``main``.
 """
 
@@ -43,6 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from glue_runs import drop_adapters  # noqa: E402
+from ner_qa_report import HEADER, rows  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
 from pal_adapters.training.config import TrainConfig  # noqa: E402
@@ -113,11 +115,6 @@ def qa_smoke_data(root: Path, articles: int = 40) -> None:
     (root / "squad" / "dev-v1.1.json").write_text(json.dumps({"data": data, "version": "1.1"}))
 
 
-def ner_row(results: dict[str, Any]) -> list[str] | None:
-    """The NER line of the table: single-task and multi-task dev F1 (x100) and the gap."""
-    return _row("CoNLL-2003 dev entity F1", results, "conll", "f1", scale=100)
-
-
 # ---- extractive QA (SQuAD): the QA part --------------------------------------------------------------
 QA_MAX_LENGTH, QA_DOC_STRIDE = 192, 64  # windows: SQuAD contexts average ~150 MiniLM tokens
 
@@ -137,15 +134,6 @@ def qa_task_def(data: Path) -> dict[str, dict[str, Any]]:
 QA_SPLIT = ("SQuAD v1.1 dev-v1.1.json split by article, never by question: train on the 8,582 questions of "
             "articles 0-37, evaluate on the 1,988 of articles 38-47 (a seeded random subset of them when the "
             "profile caps max_eval_examples); F1/EM x100 with the official normalisation")
-
-
-def qa_row(results: dict[str, Any]) -> list[str] | None:
-    """The QA line: held-out F1 (x100, the official script's scale) of articles 38-47, trained on 0-37."""
-    return _row("SQuAD F1, articles 38-47 (trained on 0-37)", results, "squad", "f1", scale=100)
-
-
-def qa_em_row(results: dict[str, Any]) -> list[str] | None:
-    return _row("SQuAD EM, articles 38-47 (trained on 0-37)", results, "squad", "exact_match", scale=100)
 
 
 # ---- GLUE, for the multi-task model ------------------------------------------------------------------
@@ -206,20 +194,6 @@ def _backbone(profile: Profile) -> tuple[Any, Any]:
     return backbone, tokenizer
 
 
-_SINGLE_PART = {"conll": "ner_single", "squad": "qa_single"}  # task -> the part that trains it alone
-
-
-def _row(label: str, results: dict[str, Any], task: str, metric: str, scale: float) -> list[str] | None:
-    """A table line: ``task``'s ``metric`` (x ``scale``) alone, in the multi-task model, and the gap."""
-    single = results.get(_SINGLE_PART[task], {}).get("metrics", {}).get(task, {}).get(metric)
-    multi = results.get("multi", {}).get("metrics", {}).get(task, {}).get(metric)
-    if single is None and multi is None:
-        return None
-    cells = [f"{v * scale:.2f}" if v is not None else "-" for v in (single, multi)]
-    gap = f"{(multi - single) * scale:+.2f}" if single is not None and multi is not None else "-"
-    return [label, *cells, gap]
-
-
 def run_parts(parts: list[str], profile: Profile, data: Path,
               save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Train each part in turn; ``save(results so far)`` after each, so a killed run keeps its parts."""
@@ -260,9 +234,8 @@ def main() -> None:
     meta, out = run_metadata(), args.output or f"ner_qa_accuracy{'' if name == 'default' else '_' + name}.json"
 
     def save(results: dict[str, Any]) -> None:
-        rows = [r for r in (ner_row(results), qa_row(results), qa_em_row(results)) if r]
         write_json(args.results_dir / out, {**meta, "profile": name, "settings": asdict(profile),
-                                            "parts_done": list(results), "results": results, "table": rows,
+                                            "parts_done": list(results), "results": results, "table": rows(results),
                                             "seqeval_mode": "default (conlleval-compatible)",
                                             "squad_split": QA_SPLIT})
 
@@ -273,8 +246,7 @@ def main() -> None:
             ner_smoke_data(data)
             qa_smoke_data(data)
         results = run_parts(args.parts, profile, data, save)
-    rows = [r for r in (ner_row(results), qa_row(results), qa_em_row(results)) if r]
-    print(format_table(["metric", "single-task", "multi-task PAL", "multi - single"], rows))
+    print(format_table(HEADER, rows(results)))
     print(f"wrote {args.results_dir / out}")
 
 

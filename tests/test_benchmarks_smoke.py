@@ -58,6 +58,43 @@ def check_ner_qa_accuracy(results: Path) -> None:
     assert summary["table"][0][0] == "CoNLL-2003 dev entity F1"
     for part in ("qa_single", "multi"):
         assert set(summary["results"][part]["metrics"]["squad"]) == {"exact_match", "f1"}
+    check_ner_qa_report(results, summary)
+
+
+def _report(results: Path, *files: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ner_qa_report.py"), *files, "--results-dir",
+                           str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def check_ner_qa_report(results: Path, summary: dict) -> None:
+    """The parts run as separate processes (one file each) give the table of the run that held them all."""
+    def part_file(name: str, parts: tuple[str, ...], **settings) -> str:
+        held = {**summary, "settings": {**summary["settings"], **settings},
+                "results": {p: summary["results"][p] for p in parts}}
+        (results / name).write_text(json.dumps(held))
+        return name
+
+    single, multi = part_file("single.json", ("ner_single", "qa_single")), part_file("multi.json", ("multi",))
+    proc = _report(results, single, multi)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((results / "ner_qa_accuracy_report.json").read_text())
+    assert report["sources"] == {"ner_single": single, "qa_single": single, "multi": multi}
+    r = summary["results"]
+    for line, (task, metric) in zip(report["table"], [("conll", "f1"), ("squad", "f1"), ("squad", "exact_match")],
+                                    strict=True):
+        alone = 100 * r[f"{'ner' if task == 'conll' else 'qa'}_single"]["metrics"][task][metric]
+        together = 100 * r["multi"]["metrics"][task][metric]
+        assert [float(x) for x in line[1:]] == pytest.approx([alone, together, together - alone], abs=0.006)
+    tasks = len(r["multi"]["tasks"])
+    assert report["curves"]["conll"]["multi"] == [[e["step"] // tasks, pytest.approx(100 * e["metrics"]["conll"]["f1"])]
+                                                 for e in r["multi"]["curve"]]
+    assert (results / report["plot"]).stat().st_size > 0
+    unequal = part_file("unequal.json", ("multi",), steps=summary["settings"]["steps"] + 1)
+    again = part_file("again.json", ("ner_single",))
+    refusals = (((single, unequal), "different settings (steps)"), ((single, again), "'ner_single' is in both"))
+    for files, says in refusals:
+        proc = _report(results, *files)
+        assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]
     assert summary["table"][1][0].startswith("SQuAD F1, articles 38-47")
 
 
