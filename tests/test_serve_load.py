@@ -23,13 +23,18 @@ from test_serve_support import assert_close, build_model, expected, row_for, run
 TOKEN = "load-test-admin-token-0123456789"
 
 
-async def fire(base: str, bodies: list[dict], concurrency: int, seconds: float = 60) -> list[httpx.Response]:
-    """POST /predict for each body, ``concurrency`` at a time; the whole run bounded in time."""
+async def fire(base: str, bodies: list[dict], concurrency: int, seconds: float = 60,
+               on_answer=None) -> list[httpx.Response]:
+    """POST /predict for each body, ``concurrency`` at a time; the whole run bounded in time.
+    ``on_answer(response)`` is called as each answer arrives."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(client: httpx.AsyncClient, body: dict) -> httpx.Response:
         async with gate:
-            return await client.post("/predict", json=body)
+            response = await client.post("/predict", json=body)
+        if on_answer is not None:
+            on_answer(response)
+        return response
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
@@ -114,9 +119,14 @@ def test_a_burst_past_the_queue_gets_503_with_retry_after_and_loses_nothing(monk
     rows = [row_for("cls", i) for i in range(20)]
     want = expected(model, tokenizer, "cls", rows)
     with running(model, tokenizer, max_queue=4, max_batch_size=2, max_wait_ms=0) as (client, app):
-        release = gate_first_forward(app, monkeypatch)
-        threading.Timer(1.0, release.set).start()  # the burst arrives while the worker is held
-        answers = asyncio.run(fire(str(client.base_url), [{"task": "cls", "inputs": [r]} for r in rows], 20))
+        release = gate_first_forward(app, monkeypatch)  # the worker is held until the queue has overflowed:
+
+        def release_on_503(response: httpx.Response) -> None:  # not by a timer, which a loaded machine outruns
+            if response.status_code == 503:
+                release.set()
+
+        bodies = [{"task": "cls", "inputs": [r]} for r in rows]
+        answers = asyncio.run(fire(str(client.base_url), bodies, 20, on_answer=release_on_503))
         assert client.get("/ready").status_code == 200
     codes = [a.status_code for a in answers]
     assert set(codes) == {200, 503} and codes.count(200) >= 5, codes  # 1 running + 4 queued at least
