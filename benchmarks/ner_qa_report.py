@@ -49,21 +49,21 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
 def merge(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The parts of several results files, each once; ``ValueError`` naming the files when two hold the
     same part or were trained with different settings (``steps`` is per task, so it must agree too)."""
+    first, reference = next(iter(summaries.items()))
     parts: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    settings: tuple[str, dict[str, Any]] | None = None
     for name, summary in summaries.items():
-        if settings is not None and summary["settings"] != settings[1]:
-            diff = sorted(k for k in summary["settings"].keys() | settings[1].keys()
-                          if summary["settings"].get(k) != settings[1].get(k))
-            raise ValueError(f"{name} and {settings[0]} were trained with different settings ({', '.join(diff)}): "
+        ours, theirs = summary["settings"], reference["settings"]
+        diff = [f"{k}={ours.get(k)!r} vs {theirs.get(k)!r}" for k in sorted(ours.keys() | theirs.keys())
+                if ours.get(k) != theirs.get(k)]
+        if diff:
+            raise ValueError(f"{name} and {first} were trained with different settings ({', '.join(diff)}): "
                              "their figures are not comparable")
-        settings = settings or (name, summary["settings"])
         for part, result in summary["results"].items():
             if part in parts:
                 raise ValueError(f"part {part!r} is in both {origin[part]} and {name}; give one of them")
             parts[part], origin[part] = result, name
-    return {"settings": settings[1] if settings else {}, "results": parts, "sources": origin}
+    return {"settings": reference["settings"], "results": parts, "sources": origin}
 
 
 def curves(results: dict[str, Any], tasks: int) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -96,19 +96,16 @@ def plot(lines: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Pa
 
 
 def report(names: list[str], results_dir: Path, output: str) -> dict[str, Any]:
-    summaries = {n: json.loads(_path(results_dir, n).read_text()) for n in names}
-    merged = merge(summaries)
+    """Merge ``names`` (relative ones under ``results_dir``), write the summary and plot, print the table."""
+    merged = merge({n: json.loads((results_dir / n).read_text()) for n in names})
     tasks = len(merged["results"].get("multi", {}).get("tasks", [])) or 1
-    picture = plot(curves(merged["results"], tasks), _path(results_dir, Path(output).stem + "_curves.png"))
-    summary = {**run_metadata(), **merged, "table": rows(merged["results"]), "curves": curves(merged["results"], tasks),
+    lines = curves(merged["results"], tasks)
+    picture = plot(lines, results_dir / (Path(output).stem + "_curves.png"))
+    summary = {**run_metadata(), **merged, "table": rows(merged["results"]), "curves": lines,
                "plot": picture.name if picture else None}
-    write_json(_path(results_dir, output), summary)
+    write_json(results_dir / output, summary)
     print(format_table(HEADER, summary["table"]))
     return summary
-
-
-def _path(results_dir: Path, name: str | Path) -> Path:
-    return Path(name) if Path(name).is_absolute() else results_dir / name
 
 
 def main() -> None:

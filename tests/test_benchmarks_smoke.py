@@ -91,7 +91,7 @@ def check_ner_qa_report(results: Path, summary: dict) -> None:
     assert (results / report["plot"]).stat().st_size > 0
     unequal = part_file("unequal.json", ("multi",), steps=summary["settings"]["steps"] + 1)
     again = part_file("again.json", ("ner_single",))
-    refusals = (((single, unequal), "different settings (steps)"), ((single, again), "'ner_single' is in both"))
+    refusals = (((single, unequal), "different settings (steps="), ((single, again), "'ner_single' is in both"))
     for files, says in refusals:
         proc = _report(results, *files)
         assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]
