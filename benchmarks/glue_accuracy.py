@@ -74,7 +74,7 @@ class Setup:
     mode: str
     adapters: bool = True
     train: tuple[tuple[str, Any], ...] = ()
-    distill: bool = False  # MT-DNN-KD: soft targets from (a)-style teachers (glue_teachers.py)
+    distill: str = ""  # MT-DNN-KD: soft targets from teachers of this recipe (glue_teachers.RECIPES)
 
 
 TUNED = (("freeze_backbone", False),)
@@ -97,7 +97,9 @@ CONFIGS = {
     "g_top_attention": Setup("(g) multi-task, projected attention on top", "multi", True,
                              TUNED + (("adapter", "top_attention"),)),
     # MT-DNN-KD: (c) trained on its teachers' averaged class probabilities only (alpha 1)
-    "c_pal_kd": Setup("(c) + MT-DNN-KD from (a) teachers", "multi", True, TUNED + (("adapter", "pal"),), True),
+    "c_pal_kd": Setup("(c) + MT-DNN-KD from (a) teachers", "multi", True, TUNED + (("adapter", "pal"),), "single"),
+    "c_pal_kd_mt": Setup("(c) + MT-DNN-KD from (c) fine-tuned per task (the paper's teachers)", "multi", True,
+                         TUNED + (("adapter", "pal"),), "multi"),
     "c_uncertainty": Setup("(c) with uncertainty loss weighting", "multi", True,
                            TUNED + (("adapter", "pal"), ("loss_weighting", "uncertainty"))),
 }
@@ -116,7 +118,7 @@ def run_setup(name: str, setup: Setup, defs: dict, budget: Budget, factories, wo
     if setup.distill:
         from glue_teachers import teacher_probabilities
 
-        files, teachers = teacher_probabilities(defs, budget, backbone, work, *where)
+        files, teachers = teacher_probabilities(setup.distill, defs, budget, backbone, work, *where)
         train["distill"] = {"probabilities": files, "alpha": 1.0}
     if setup.mode == "multi":
         run = train_with_package(defs, sum(budget.steps.values()), budget, backbone, work / name, train,

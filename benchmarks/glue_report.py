@@ -72,12 +72,9 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def distillation(results: list[dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
-    """MT-DNN-KD side by side, per task and on average: the teachers (mean of their seeds' final
-    scores), (a), (c) and (c) + KD; None when no distilled configuration is cached."""
-    kd = next((r for r in results if r.get("teachers")), None)
-    if kd is None:
-        return None
+def distillation(results: list[dict[str, Any]], kd: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """MT-DNN-KD side by side for the distilled configuration ``kd``, per task and on average: its
+    teachers (mean of their seeds' final scores), (a), (c) and (c) + KD."""
     key = (kd.get("tasks"), kd.get("overrides"))  # the same tasks and overrides as the distilled run
     same = {r["config"]: r for r in results if (r.get("tasks"), r.get("overrides")) == key}
     others = {"(a)": same.get("a_single_ft"), "(c)": same.get("c_pal")}
@@ -140,10 +137,11 @@ def report(out_dir: Path, profile: str, metadata: dict[str, Any]) -> None:
     summary = {**metadata, "profile": profile, "table": text.splitlines(),
                "results": {r["name"]: {k: r[k] for k in ("label", "final", "best", "parameter_multiple", "wall_s",
                                                         "budget", "overrides")} for r in results}}
-    kd = distillation(results)
-    if kd is not None:
-        print(f"\nMT-DNN-KD, profile {profile} (task scores x100, final)\n{kd[0]}")
-        summary["distillation"] = {"table": kd[0].splitlines(), **kd[1]}
+    summary["distillation"] = {}
+    for kd in (r for r in results if r.get("teachers")):
+        text, data = distillation(results, kd)
+        print(f"\nMT-DNN-KD, profile {profile}, {kd['name']}: {kd['label']} (task scores x100, final)\n{text}")
+        summary["distillation"][kd["name"]] = {"table": text.splitlines(), **data}
     summary["loss_weights_plot"] = loss_weights(results, out_dir.parent / f"{profile}_uncertainty.png")
     write_json(out_dir.parent / f"{profile}.json", summary)
     plot(results, out_dir.parent / f"{profile}.png", f"GLUE dev (MiniLM), profile {profile}")

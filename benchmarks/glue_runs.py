@@ -76,14 +76,18 @@ def drop_adapters(trainer: MultiTaskTrainer) -> None:
 
 def train_with_package(defs: dict[str, TaskDef], steps: int, budget: Budget, backbone: BackboneFactory,
                        out: Path, overrides: dict[str, Any], adapters: bool = True,
-                       keep: Callable[[MultiTaskTrainer], None] | None = None) -> dict[str, Any]:
-    """One ``MultiTaskTrainer`` run over ``defs`` for ``steps`` optimizer steps; ``keep`` sees the
+                       keep: Callable[[MultiTaskTrainer], None] | None = None,
+                       start: Callable[[MultiTaskTrainer], None] | None = None) -> dict[str, Any]:
+    """One ``MultiTaskTrainer`` run over ``defs`` for ``steps`` optimizer steps. ``start`` sees the
+    trainer before step 0 (a teacher copies in the weights it is fine-tuned from); ``keep`` sees the
     trained trainer before its folder is removed (the teachers write their outputs there)."""
     net, tokenizer = backbone()
     config = _train_config(budget, steps, out, overrides)
     trainer = MultiTaskTrainer(config, defs, backbone=net, tokenizer=tokenizer, cache_dir=budget.cache_dir)
     if not adapters:
         drop_adapters(trainer)
+    if start is not None:
+        start(trainer)
     report = trainer.model.parameter_report()
     start = time.perf_counter()
     trainer.fit()

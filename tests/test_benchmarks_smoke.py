@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,8 @@ def check_glue_accuracy(results: Path) -> None:
     summary = json.loads((results / "smoke.json").read_text())
     assert (results / "smoke.png").stat().st_size > 0
     assert set(summary["results"]) == {f"{c}__tasks=rte+stsb" for c in ("a_single_ft", "c_pal", "e_lora_frozen",
-                                                                       "c_pal_kd", "c_uncertainty")}
+                                                                       "c_pal_kd", "c_pal_kd_mt",
+                                                                       "c_uncertainty")}
     for name, r in summary["results"].items():
         assert set(r["final"]) == {"rte", "stsb"}, name
         assert 0.0 <= r["final"]["rte"]["accuracy"] <= 1.0
@@ -34,14 +36,21 @@ def check_glue_accuracy(results: Path) -> None:
     kd = json.loads((results / "smoke" / "c_pal_kd__tasks=rte+stsb.json").read_text())
     assert {t: [r["seed"] for r in runs] for t, runs in kd["teachers"].items()} == {"rte": [42, 43, 44],
                                                                                    "stsb": [42]}
-    assert sorted(p.name for p in (results / "cache" / "smoke").iterdir()) == [
-        "rte-seed42.safetensors", "rte-seed43.safetensors", "rte-seed44.safetensors", "stsb-seed42.safetensors"]
+    start = "c-rte+stsb-seed42"  # recipe "multi": the teachers' (c) start, kept with save_pretrained
+    assert sorted(p.name for p in (results / "cache" / "smoke").iterdir()) == sorted(
+        [start] + [f"{t}-{f}seed{s}.safetensors" for f in ("", f"from-{start}-")
+                   for t, s in (("rte", 42), ("rte", 43), ("rte", 44), ("stsb", 42))])
+    mt = json.loads((results / "smoke" / "c_pal_kd_mt__tasks=rte+stsb.json").read_text())
+    assert {t: [(r["recipe"], r["seed"]) for r in runs] for t, runs in mt["teachers"].items()} == {
+        "rte": [("multi", 42), ("multi", 43), ("multi", 44)], "stsb": [("multi", 42)]}
+    assert (results / "smoke" / "teachers" / f"{start}.json").is_file()
     weighted = json.loads((results / "smoke" / "c_uncertainty__tasks=rte+stsb.json").read_text())
     weights = [e["weight"] for e in weighted["runs"]["all"]["train_log"]]
     assert weights[0] == 1.0 and any(w != 1.0 for w in weights)  # exp(-s_t), s_t = 0 at the start, then learnt
     assert summary["loss_weights_plot"] == ["c_uncertainty__tasks=rte+stsb"]
     assert (results / "smoke_uncertainty.png").stat().st_size > 0
-    table = summary["distillation"]["per_task"]
+    assert set(summary["distillation"]) == {"c_pal_kd__tasks=rte+stsb", "c_pal_kd_mt__tasks=rte+stsb"}
+    table = summary["distillation"]["c_pal_kd__tasks=rte+stsb"]["per_task"]
     for task in ("rte", "stsb"):  # the report's scores are the cached runs' own
         assert table[task]["(c)+KD"] == pytest.approx(100 * sum(kd["final"][task].values()) / len(kd["final"][task]))
         assert table[task]["(c)"] == pytest.approx(
@@ -185,7 +194,8 @@ def check_grad_sync(results: Path) -> None:
 
 SCRIPTS = [
     ("glue_accuracy.py", ["--smoke", "--tasks", "rte,stsb", "--configs", "a_single_ft", "c_pal", "e_lora_frozen",
-                          "c_pal_kd", "c_uncertainty", "--teacher-cache", "{results}/cache"], check_glue_accuracy),
+                          "c_pal_kd", "c_pal_kd_mt", "c_uncertainty", "--teacher-cache", "{results}/cache"],
+     check_glue_accuracy),
     ("ner_qa_accuracy.py", ["--smoke"], check_ner_qa_accuracy),
     ("overhead.py", ["--smoke", "--output", "overhead_smoke.json"], check_overhead),
     ("mixed_batch.py", ["--smoke"], check_mixed_batch),
@@ -208,3 +218,46 @@ def test_benchmark_script_runs_in_its_tiny_mode(script, args, check, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check(tmp_path)
+
+
+def _teachers_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import glue_teachers
+
+    return glue_teachers
+
+
+def test_multi_recipe_teacher_starts_as_the_multitask_models_task():
+    """A teacher of recipe "multi" is (c) fine-tuned: before step 0 its one-task model (a fresh base,
+    its own freshly initialised PAL and head) must compute exactly (c)'s outputs for that task, the
+    backbone tuned, PAL and head non-trivial."""
+    from helpers import randomize_adapters, tiny_batch, tiny_model
+
+    from pal_adapters import add_pal
+
+    multi = add_pal(tiny_model("bert", seed=0), {"a": 2, "b": 3, "c": 1}, adapter="pal")
+    randomize_adapters(multi)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in multi.named_parameters():
+            if not name.startswith("backbone.pal_adapters."):  # tune the backbone and heads too
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    one = add_pal(tiny_model("bert", seed=0), {"b": 3}, adapter="pal")
+    batch = tiny_batch()
+    with torch.no_grad():
+        before = one(**batch, task="b").logits
+        _teachers_module()._copy_from(one, multi.state_dict())
+        expected, got = multi.eval()(**batch, task="b").logits, one.eval()(**batch, task="b").logits
+    assert not torch.allclose(before, expected, atol=1e-3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_multi_recipe_refuses_a_start_without_the_task():
+    from helpers import tiny_model
+
+    from pal_adapters import add_pal
+
+    multi = add_pal(tiny_model("bert"), {"a": 2}, adapter="pal")
+    one = add_pal(tiny_model("bert"), {"b": 2}, adapter="pal")
+    with pytest.raises(KeyError, match=r"lacks 10 .*pal_adapters\.b\."):
+        _teachers_module()._copy_from(one, multi.state_dict())
