@@ -75,9 +75,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 def distillation(results: list[dict[str, Any]], kd: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """MT-DNN-KD side by side for the distilled configuration ``kd``, per task and on average: its
     teachers (mean of their seeds' final scores), (a), (c) and (c) + KD."""
-    key = (kd.get("tasks"), kd.get("overrides"))  # the same tasks and overrides as the distilled run
-    same = {r["config"]: r for r in results if (r.get("tasks"), r.get("overrides")) == key}
-    others = {"(a)": same.get("a_single_ft"), "(c)": same.get("c_pal")}
+    others = {"(a)": _twin(results, kd, "a_single_ft", adapters=False), "(c)": _twin(results, kd, "c_pal")}
     tasks = [t for t, _ in COLUMNS if t in kd["final"]]
     rows, data = [], {}
     for task in tasks:
@@ -95,6 +93,18 @@ def distillation(results: list[dict[str, Any]], kd: dict[str, Any]) -> tuple[str
                  f"{means['(c)+KD'] - means['(c)']:+.1f}" if "(c)" in means else "-"])
     text = format_table(["task", "teachers", "teachers' mean", "(a)", "(c)", "(c) + KD", "KD - (c)"], rows)
     return text, {"config": kd["name"], "per_task": data, "average": means}
+
+
+def _twin(results: list[dict[str, Any]], kd: dict[str, Any], config: str, adapters: bool = True):
+    """The cached ``config`` run with the distilled run's tasks and overrides (adapter overrides
+    ignored for a configuration without adapters), or None."""
+    def key(r: dict[str, Any]) -> tuple:
+        overrides = dict(r.get("overrides") or {})
+        if not adapters:
+            overrides.pop("adapter", None)
+        return r.get("tasks"), overrides
+
+    return next((r for r in results if r["config"] == config and key(r) == key(kd)), None)
 
 
 def loss_weights(results: list[dict[str, Any]], path: Path) -> list[str]:
