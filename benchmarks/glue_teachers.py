@@ -10,6 +10,7 @@ paper used three teachers per task), the others one.
   stage) for one epoch of the task (a third of (a)'s steps: ``FINETUNE_FRACTION``). The (c)
   model is trained once (seed ``seed``) and kept with ``save_pretrained`` in the cache; each
   teacher copies its backbone, PAL and head from it before step 0.
+  Start and teachers use the ``pal`` preset as it is: ``--adapter-set`` changes the student only.
 
 Each teacher's class probabilities (STS-B: its predictions) on the *student's* training rows, in
 order, are written once with ``write_teacher_probabilities``; the student reads them back by row
