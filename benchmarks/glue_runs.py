@@ -89,9 +89,9 @@ def train_with_package(defs: dict[str, TaskDef], steps: int, budget: Budget, bac
     if start is not None:
         start(trainer)
     report = trainer.model.parameter_report()
-    start = time.perf_counter()
+    began = time.perf_counter()
     trainer.fit()
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - began
     if keep is not None:
         keep(trainer)
     records = read_jsonl(out / "log.jsonl")
